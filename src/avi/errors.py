@@ -1,0 +1,23 @@
+"""Errors that a user can cause, raised at the boundary with a message that names the fix."""
+
+from __future__ import annotations
+
+
+class AviError(ValueError):
+    """Base class of every error `avi` raises because of its input."""
+
+
+class ModelError(AviError):
+    """The NumPyro model cannot be fitted as given (plates, sites, supports)."""
+
+
+class DataError(AviError):
+    """An argument of the model is unusable (non-finite values, mismatched lengths)."""
+
+
+class FamilyError(AviError):
+    """A variational family or encoder is misconfigured or cannot do what was asked."""
+
+
+class DivergenceError(AviError):
+    """The optimisation produced non-finite ELBOs or gradients and cannot go on."""

@@ -1,0 +1,1 @@
+"""The paper's experiments as code: model, data and the closed forms that check them."""
