@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -213,7 +214,10 @@ class Fit:
 
     def to_arviz(self, num_samples: int = 1000, seed: int = 0):
         """The variational posterior as an ``arviz.InferenceData`` (one chain of draws)."""
-        import arviz as az
+        with warnings.catch_warnings():
+            # ArviZ 0.2x announces its coming refactor with a FutureWarning on import.
+            warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
+            import arviz as az
 
         samples = self.sample(num_samples, seed=seed)
         return az.from_dict(posterior={k: v[None] for k, v in samples.items()})

@@ -116,10 +116,22 @@ def _run_chunk(
     key: jax.Array,
 ) -> tuple[OptState, ChunkInfo]:
     keys = jax.random.split(key, settings.chunk_size)
-    body = lambda s, k: _step(  # noqa: E731
-        problem, optimizer, settings, total_steps, learning_rate_scale, s, k
-    )
-    return jax.lax.scan(body, state, keys)
+    arrays, static = eqx.partition(state, eqx.is_array)
+
+    def body(carry: OptState, step_key: jax.Array) -> tuple[OptState, ChunkInfo]:
+        new_state, info = _step(
+            problem,
+            optimizer,
+            settings,
+            total_steps,
+            learning_rate_scale,
+            eqx.combine(carry, static),
+            step_key,
+        )
+        return eqx.filter(new_state, eqx.is_array), info
+
+    arrays, info = jax.lax.scan(body, arrays, keys)
+    return eqx.combine(arrays, static), info
 
 
 run_chunk: Callable[..., tuple[OptState, ChunkInfo]] = eqx.filter_jit(_run_chunk)
