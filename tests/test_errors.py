@@ -124,3 +124,20 @@ def test_bad_encoders():
 
 def test_errors_are_value_errors():
     assert issubclass(avi.AviError, ValueError)
+
+
+def data_axis_last_model(y, c=None):
+    with numpyro.plate("groups", y.shape[1], dim=-1):
+        a = numpyro.sample("a", dist.Normal(0, 1) if c is None else dist.Normal(c, 1))
+        with numpyro.plate("obs", y.shape[0], dim=-2):
+            numpyro.sample("y", dist.Normal(a, 1), obs=y)
+
+
+def test_minibatch_needs_the_data_axis_first():
+    y = np.zeros((3, 20), np.float32)
+    with pytest.raises(avi.ModelError, match="none has the data along its first axis"):
+        avi.fit(data_axis_last_model, y, batch_size=5, progress=False)
+    with pytest.raises(avi.ModelError, match="'y' has the data plate 'groups' on axis 1"):
+        avi.fit(data_axis_last_model, y, np.zeros(20, np.float32), batch_size=5, progress=False)
+    fit = avi.fit(data_axis_last_model, y, family="constant", num_steps=5, progress=False)
+    assert fit.posterior()["a"].loc.shape == (20,)

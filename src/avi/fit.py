@@ -22,7 +22,14 @@ from avi.elbo import Problem, VariationalParams, elbo_draws
 from avi.encoders import INIT_LOG_SCALE
 from avi.errors import AviError, DivergenceError, FamilyError
 from avi.families import Family, as_family, count_parameters
-from avi.model import Model, SiteLayout, TracedModel, per_datum_features, trace_model
+from avi.model import (
+    Model,
+    SiteLayout,
+    TracedModel,
+    check_minibatchable,
+    per_datum_features,
+    trace_model,
+)
 from avi.optim import (
     OptState,
     StepSettings,
@@ -273,6 +280,11 @@ def _check_options(
         )
 
 
+def settings_batch_size(batch_size: int | None, num_data: int) -> int | None:
+    """The batch size a step uses: None (full batch) when it covers all the data."""
+    return None if batch_size is None or batch_size == num_data else int(batch_size)
+
+
 def _initial_params(
     key: jax.Array, traced: TracedModel, family: Family, problem: Problem
 ) -> VariationalParams:
@@ -339,6 +351,8 @@ def fit(
     _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles, optimizer)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise AviError(f"chunk_size={chunk_size!r}: give a positive integer.")
+    if settings_batch_size(batch_size, layout.num_data) is not None:
+        check_minibatchable(traced)
     raw_features = per_datum_features(traced, args, kwargs)
     scaling = FeatureScaling.from_features(raw_features)
     problem = Problem(
@@ -352,7 +366,7 @@ def fit(
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     params = _initial_params(init_key, traced, family, problem)
     settings = StepSettings(
-        batch_size=None if batch_size in (None, layout.num_data) else int(batch_size),
+        batch_size=settings_batch_size(batch_size, layout.num_data),
         num_particles=int(num_particles),
         sticking_the_landing=bool(sticking_the_landing),
         chunk_size=int(chunk_size),

@@ -353,6 +353,30 @@ def trace_model(
     return TracedModel(model, layout, supports, observed_values, trace)
 
 
+def check_minibatchable(traced: TracedModel) -> None:
+    """Minibatches slice per-datum arguments along axis 0; the observations must follow them.
+
+    Raises:
+        ModelError: an observed site of the data plate is not laid out data-axis first, or
+            no argument carries the per-datum data.
+    """
+    layout = traced.layout
+    if not (layout.per_datum_args or layout.per_datum_kwargs):
+        raise ModelError(
+            f"batch_size needs per-datum arguments (arrays with {layout.num_data} rows, the "
+            f"size of plate '{layout.plate}'), but none has the data along its first axis. "
+            "Pass the data as model arguments with the data axis first, or fit full-batch."
+        )
+    for name in layout.observed:
+        site = traced.trace[name]
+        if _plate_axis(site, layout.plate) != 0:
+            raise ModelError(
+                f"batch_size: observed site '{name}' has the data plate '{layout.plate}' on axis "
+                f"{_plate_axis(site, layout.plate)} of its value; minibatches slice axis 0. Put "
+                "the data axis first (e.g. numpyro.plate(..., dim=-2) for the inner plate)."
+            )
+
+
 def slice_arguments(
     layout: ModelLayout, args: Sequence[Any], kwargs: Mapping[str, Any], index: jax.Array
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
