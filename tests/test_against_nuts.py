@@ -55,7 +55,7 @@ import avi
 
 NUM_WARMUP = 500
 NUM_NUTS_DRAWS = 2000
-NUM_VI_DRAWS = 20_000
+NUM_VI_DRAWS = 10_000
 
 MEAN_BIAS_SDS = 0.15  # allowance for variational bias on means, in NUTS posterior sds
 MC_Z = 3.0  # Monte Carlo error allowance, in combined standard errors

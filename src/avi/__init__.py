@@ -4,6 +4,7 @@ from avi.encoders import MLP, Polynomial
 from avi.errors import AviError, DataError, DivergenceError, FamilyError, ModelError
 from avi.families import Amortized, Constant, Factorized, Window
 from avi.fit import Estimate, Fit, History, fit
+from avi.structure import StructureReport, check
 
 __all__ = [
     "MLP",
@@ -19,7 +20,9 @@ __all__ = [
     "History",
     "ModelError",
     "Polynomial",
+    "StructureReport",
     "Window",
+    "check",
     "fit",
 ]
 
