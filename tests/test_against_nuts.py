@@ -12,27 +12,30 @@ Data are simulated with a fixed NumPy seed; the reference is one NUTS chain (500
 draws). avi is fitted with ``Factorized`` and ``Amortized(MLP)`` under the default stop rule, and
 its draws (constrained space, ``Fit.sample``) are compared with the NUTS draws site by site.
 
-Tolerances (the same for every model; see ``assert_agrees``):
+Tolerances (the same for every model; see ``assert_agrees``). "Measured" numbers are those of
+this file's data and seeds when it was written:
 
 * Means: ``|mean_vi - mean_nuts| <= 0.15 sd_nuts + 3 mcse``, with
   ``mcse = sqrt(sd_nuts^2 / ESS + sd_vi^2 / num_vi_draws)`` (ESS from NumPyro's estimator on the
-  NUTS chain). The 0.15 sd term is the allowance for the variational bias: for these nearly
-  Gaussian posteriors the mean-field optimum's means are close to the exact ones (measured
-  below 0.1 sd when this file was written), and the Gaussian-in-unconstrained-space factor of a
-  positive site shifts its constrained mean only slightly when the site is well determined.
-  3 mcse keeps the Monte Carlo error of both sides (about 0.02-0.03 sd here) from failing a
-  correct fit. A wrong fit (e.g. one factor shared by all data, or a wrong data scaling) is off
-  by far more than 0.2 sd.
-* Sds of local sites: each local datum's posterior is nearly independent of the others given
-  the globals, and the globals are well determined by N data, so mean-field VI is close to
-  exact for them: each site's ratio sd_vi / sd_nuts must lie in [0.8, 1.25] (NUTS's own
-  relative error on an sd is about 1 / sqrt(2 ESS), 1-2 %), and the median ratio over the data
-  in [0.9, 1.1] (a systematic error shows in the median; measured 0.99-1.03).
+  NUTS chain, at least 1300 here; 10,000 avi draws), so 3 mcse is about 0.04-0.09 sd. The
+  0.15 sd term is the allowance for variational bias: these posteriors are nearly Gaussian in
+  unconstrained space, where the mean-field optimum's means are close to the exact ones, and
+  the log-normal factor of a positive site shifts its constrained mean only slightly when the
+  site is well determined. Measured: at most 0.075 sd over all sites, models and families.
+  A wrong fit is far outside: ``avi.Constant()`` (one factor shared by all data) misses by
+  about 4-16 sd.
+* Sds of local sites: given the globals, each datum's latent is independent of the others and
+  the globals are well determined by N data, so mean-field VI is close to exact for them. Each
+  element's ratio sd_vi / sd_nuts must lie in [0.8, 1.25] (measured 0.91-1.11; NUTS's own
+  relative error on an sd is about 1 / sqrt(2 ESS), 1-2 %), and the median ratio over the
+  data in [0.9, 1.1], where a systematic error would show (measured 0.99-1.02).
 * Sds of global sites: mean-field VI underestimates the sd of a site correlated with others;
-  for a Gaussian posterior with precision Lambda its sd is 1 / sqrt(Lambda_ii) <= the marginal
-  sd. Computed from the NUTS draws, that ratio is 0.80-0.96 for these globals (each is
-  correlated with all N locals), so the ratio is only required to lie in [0.7, 1.1]: low enough
-  for the known mean-field shrinkage, an upper end that only MC error and non-Gaussianity allow.
+  for a Gaussian posterior with precision Lambda it gives 1 / sqrt(Lambda_ii), below the
+  marginal sd. Computed from the NUTS draws that ratio is 0.79-0.97 for these globals (each
+  is correlated with all N locals); avi measures 0.74-0.94, the lowest for tau, whose coupling
+  with the z_n is funnel-shaped rather than Gaussian. So the ratio need only lie in
+  [0.65, 1.1]: room for the known mean-field shrinkage, while a collapsed global (Constant:
+  0.11-0.15) or an inflated one fails; above 1 only MC error and non-Gaussianity can push it.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ MEAN_BIAS_SDS = 0.15  # allowance for variational bias on means, in NUTS posteri
 MC_Z = 3.0  # Monte Carlo error allowance, in combined standard errors
 LOCAL_SD_RATIO = (0.8, 1.25)  # per local site and datum
 LOCAL_MEDIAN_SD_RATIO = (0.9, 1.1)  # median over the data of a local site
-GLOBAL_SD_RATIO = (0.7, 1.1)  # mean-field shrinkage of globals (see the module docstring)
+GLOBAL_SD_RATIO = (0.65, 1.1)  # mean-field shrinkage of globals (see the module docstring)
 MIN_NUTS_ESS = 500  # the reference itself must be precise enough for the tolerances above
 
 
@@ -195,11 +198,13 @@ class Discrepancy:
 
 
 def discrepancies(reference: Reference, draws: dict[str, np.ndarray]) -> dict[str, Discrepancy]:
+    """Per-site discrepancies of avi's draws from the NUTS reference."""
     result = {}
     for site, nuts_draws in reference.samples.items():
         vi_draws = draws[site]
         assert vi_draws.shape[1:] == nuts_draws.shape[1:], (
-            f"'{site}': avi draws have shape {vi_draws.shape[1:]} per draw, NUTS {nuts_draws.shape[1:]}"
+            f"'{site}': avi draws have shape {vi_draws.shape[1:]} per draw, "
+            f"NUTS {nuts_draws.shape[1:]}"
         )
         nuts_mean, nuts_sd = nuts_draws.mean(0).ravel(), nuts_draws.std(0).ravel()
         vi_mean, vi_sd = vi_draws.mean(0).ravel(), vi_draws.std(0).ravel()
@@ -215,8 +220,10 @@ def discrepancies(reference: Reference, draws: dict[str, np.ndarray]) -> dict[st
 def assert_agrees(
     reference: Reference, draws: dict[str, np.ndarray], local_sites: tuple[str, ...]
 ) -> None:
+    """Every site's means and sds within the tolerances of the module docstring."""
     assert set(draws) == set(reference.samples), (
-        f"avi sites {sorted(draws)} differ from the model's latent sites {sorted(reference.samples)}"
+        f"avi sites {sorted(draws)} differ from the model's latent sites "
+        f"{sorted(reference.samples)}"
     )
     failures = []
     for site, d in discrepancies(reference, draws).items():
@@ -247,7 +254,7 @@ def assert_agrees(
 def fit_case(name: str, family_name: str) -> avi.Fit:
     case = CASES[name]
     # 4 draws per step: a less noisy gradient lets the default stop rule settle closer to the
-    # optimum; the fits converge in about 1500-2500 steps.
+    # optimum; the fits converge in about 1400-2200 steps.
     return avi.fit(
         case.model,
         *case.args,

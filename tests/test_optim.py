@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import numpy as np
 import numpyro
@@ -42,6 +44,34 @@ def test_second_fit_with_same_shapes_does_not_recompile():
     fit = avi.fit(linear.model, x2, family=family, num_steps=300, seed=1, progress=False)
     assert COUNTER.count == before
     assert fit.num_steps == 300
+
+
+class ChunkCompileLog(logging.Handler):
+    """Counts compilations of the chunk program from JAX's compile log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Finished XLA compilation of jit(_run_chunk)" in record.getMessage():
+            self.count += 1
+
+
+def test_one_fit_compiles_its_chunk_once():
+    handler = ChunkCompileLog()
+    logger = logging.getLogger("jax")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with jax.log_compiles(True):
+            avi.fit(linear.model, linear.simulate(77), family="factorized", num_steps=350,
+                    progress=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert handler.count == 1
 
 
 def test_fixed_step_count_is_exact_and_not_a_multiple_of_the_chunk():
@@ -102,3 +132,14 @@ def test_user_optimizer_is_used_as_given():
     fit = avi.fit(linear.model, x, family="constant", optimizer=optax.sgd(0.0), num_steps=50,
                   progress=False)
     assert float(fit.params.local["loc"][0]) == 0.0
+
+
+def test_factorized_minibatch_step_touches_only_the_batch_rows():
+    x = linear.simulate(100, seed=0)
+    fit = avi.fit(linear.model, x, family="factorized", batch_size=5, num_steps=1, progress=False)
+    changed = np.any(
+        np.stack([np.asarray(fit.params.local["loc"][:, 0]) != 0.0,
+                  np.asarray(fit.params.local["log_scale"][:, 0]) != np.float32(np.log(0.1))]),
+        axis=0,
+    )
+    assert 1 <= changed.sum() <= 5

@@ -68,6 +68,7 @@ def elbo_draws(
     index: jax.Array | None,
     num_particles: int,
     stop_gradient_entropy_params: bool = False,
+    tables_gathered: bool = False,
 ) -> jax.Array:
     """ELBO estimates, one per particle, on the batch ``index`` (None: all data).
 
@@ -80,12 +81,14 @@ def elbo_draws(
         stop_gradient_entropy_params: use the sticking-the-landing estimator (Roeder et al.
             2017): the entropy is replaced by -log q(draw) with the parameters of q held fixed,
             whose gradient vanishes at an exact fit.
+        tables_gathered: the family's per-datum tables in ``params`` already hold only the
+            batch's rows (the lazy minibatch update of :mod:`avi.optim`).
 
     Returns:
         (S,) unbiased estimates of the full-data ELBO.
     """
     layout = problem.layout
-    loc, log_scale = batch_factors(params, problem, index)
+    loc, log_scale = batch_factors(params, problem, None if tables_gathered else index)
     batch_size = loc.shape[0]
     data_scale = layout.num_data / batch_size
     global_key, local_key = jax.random.split(key)

@@ -3,7 +3,8 @@
 Every family gives each datum n a Gaussian factor q(z_n) = N(mu_n, diag(sigma_n^2)) in
 unconstrained space; they differ in how (mu_n, log sigma_n) are produced (paper, section 2):
 
-* :class:`Factorized` (F-VI): free parameters nu_n per datum, 2 N D_l in all.
+* :class:`Factorized` (F-VI): free parameters nu_n per datum, 2 N D_l in all, kept in
+  per-datum tables (``table_keys``) that minibatch steps update row by row.
 * :class:`Constant`: one shared factor q-bar for every datum (A-VI with a degree-0 encoder).
 * :class:`Amortized` (A-VI): nu_n = f_phi(x_n), one encoder for all data (Prop. 2.1: a subset
   of F-VI). With ``inputs=Window(offsets)`` the encoder sees x_{n+o} for every offset o
@@ -86,6 +87,7 @@ class Factorized:
 
     name = "factorized"
     infers_new_data = False
+    table_keys = ("loc", "log_scale")
 
     def prepare(self, features: np.ndarray) -> LocalData:
         num_data = features.shape[0]
@@ -112,6 +114,7 @@ class Constant:
 
     name = "constant"
     infers_new_data = True
+    table_keys = ()
 
     def prepare(self, features: np.ndarray) -> LocalData:
         return Factorized().prepare(features)
@@ -144,6 +147,7 @@ class Amortized:
     inputs: Window | None = None
     name = "amortized"
     infers_new_data = True
+    table_keys = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, (EncoderSpec, eqx.Module)):

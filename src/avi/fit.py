@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -35,9 +35,14 @@ from avi.optim import (
     StepSettings,
     StopRule,
     default_optimizer,
+    evaluate,
+    evaluation_index,
     init_state,
     run_chunk,
 )
+
+
+Callback = Callable[[int, VariationalParams], bool | None]
 
 
 class Estimate(NamedTuple):
@@ -312,6 +317,7 @@ def fit(
     plate: str | None = None,
     progress: bool = True,
     chunk_size: int = 100,
+    callback: Callback | None = None,
     **kwargs: Any,
 ) -> Fit:
     """Fit ``model(*args, **kwargs)`` by maximising the ELBO over a variational family.
@@ -340,6 +346,8 @@ def fit(
         plate: name of the data plate when the automatic choice must be overridden.
         progress: show a progress bar with the running ELBO.
         chunk_size: steps per compiled chunk (and between stop-rule checks).
+        callback: called after every chunk as ``callback(step, params)``; a true return value
+            stops the fit. Its time is excluded from ``wall_time`` and ``history.wall_time``.
         **kwargs: the model's keyword arguments.
 
     Returns:
@@ -377,7 +385,7 @@ def fit(
     stop_rule = StopRule(tol, stages=3 if anneal else 1) if num_steps is None else None
     optimizer = optimizer if optimizer is not None else default_optimizer()
     state, history, converged, wall_time = _optimise(
-        problem, optimizer, settings, params, run_key, total, stop_rule, progress
+        problem, optimizer, settings, params, run_key, total, stop_rule, progress, callback
     )
     return Fit(
         traced=traced,
@@ -403,8 +411,12 @@ def _optimise(
     total: int,
     stop_rule: StopRule | None,
     progress: bool,
+    callback: Callback | None,
 ) -> tuple[OptState, History, bool, float]:
-    state = init_state(params, optimizer)
+    state = init_state(params, optimizer, problem.family.table_keys)
+    key, check_key, subset_key = jax.random.split(key, 3)
+    check_index = evaluation_index(subset_key, problem.layout.num_data, settings.batch_size)
+    paused = 0.0
     total_steps = jnp.asarray(total, jnp.int32)
     steps, elbos, times = [], [], []
     converged = False
@@ -430,11 +442,19 @@ def _optimise(
             mean_elbo = float(np.mean(chunk_elbo[finite]))
             steps.append(done)
             elbos.append(mean_elbo)
-            times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start - paused)
             bar.update(taken)
             bar.set_postfix(elbo=f"{mean_elbo:.4g}")
-            if stop_rule is not None and stop_rule.update(chunk_elbo):
+            if stop_rule is not None and stop_rule.update(
+                float(evaluate(check_key, state.params, problem, check_index))
+            ):
                 converged = True
                 break
+            if callback is not None:
+                callback_start = time.perf_counter()
+                stop = callback(done, state.params)
+                paused += time.perf_counter() - callback_start
+                if stop:
+                    break
     history = History(np.asarray(steps), np.asarray(elbos), np.asarray(times))
-    return state, history, converged, time.perf_counter() - start
+    return state, history, converged, time.perf_counter() - start - paused

@@ -35,10 +35,17 @@ class StepSettings:
 
 
 class OptState(NamedTuple):
-    """Optimiser state between chunks."""
+    """Optimiser state between chunks.
+
+    The family's per-datum tables (F-VI's N x D_l locations and log-scales) have an optimiser
+    state of their own, so that a minibatch step gathers, updates and scatters only the batch's
+    rows of the tables *and* of their optimiser moments: O(B) work, and the factors of data
+    outside the batch stay exactly as they were (a lazy update, as sparse Adam does).
+    """
 
     params: VariationalParams
-    opt_state: Any
+    dense_state: Any
+    table_state: Any
     step: jax.Array
 
 
@@ -55,13 +62,66 @@ def default_optimizer(learning_rate: float = 1e-2) -> optax.GradientTransformati
     return optax.adam(learning_rate)
 
 
-def _trainable(params: VariationalParams) -> VariationalParams:
-    return eqx.filter(params, eqx.is_inexact_array)
+def split_tables(
+    params: VariationalParams, table_keys: tuple[str, ...]
+) -> tuple[VariationalParams, dict[str, jax.Array]]:
+    """Separate the per-datum tables named ``table_keys`` from the rest of the parameters."""
+    local = params.local
+    if not table_keys:
+        return params, {}
+    dense = params._replace(local={k: v for k, v in local.items() if k not in table_keys})
+    return dense, {k: local[k] for k in table_keys}
 
 
-def init_state(params: VariationalParams, optimizer: optax.GradientTransformation) -> OptState:
-    """Initial optimiser state for the given parameters."""
-    return OptState(params, optimizer.init(_trainable(params)), jnp.zeros((), jnp.int32))
+def merge_tables(dense: VariationalParams, tables: dict[str, jax.Array]) -> VariationalParams:
+    """Inverse of :func:`split_tables`."""
+    if not tables:
+        return dense
+    return dense._replace(local={**dense.local, **tables})
+
+
+def init_state(
+    params: VariationalParams, optimizer: optax.GradientTransformation, table_keys: tuple[str, ...]
+) -> OptState:
+    """Initial optimiser state for the given parameters.
+
+    Leaves are made strongly typed first: a weak-typed leaf (from a Python-float fill) would
+    change type after the first update and force the chunk to compile again.
+    """
+    params = jax.tree_util.tree_map(
+        lambda leaf: jnp.array(leaf, dtype=leaf.dtype) if eqx.is_array(leaf) else leaf, params
+    )
+    dense, tables = split_tables(params, table_keys)
+    return OptState(
+        params,
+        optimizer.init(eqx.filter(dense, eqx.is_inexact_array)),
+        optimizer.init(tables),
+        jnp.zeros((), jnp.int32),
+    )
+
+
+def _rows(tree: Any, index: jax.Array, num_data: int) -> Any:
+    """The rows ``index`` of every leaf whose leading axis is the data axis."""
+    return jax.tree_util.tree_map(
+        lambda leaf: leaf[index] if jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_data else leaf,
+        tree,
+    )
+
+
+def _scatter_rows(tree: Any, rows: Any, index: jax.Array, num_data: int) -> Any:
+    """Write ``rows`` back at ``index`` into the per-datum leaves; other leaves are replaced."""
+    return jax.tree_util.tree_map(
+        lambda leaf, row: leaf.at[index].set(row)
+        if jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_data
+        else row,
+        tree,
+        rows,
+    )
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
 def _step(
@@ -74,33 +134,52 @@ def _step(
     key: jax.Array,
 ) -> tuple[OptState, ChunkInfo]:
     batch_key, draw_key = jax.random.split(key)
+    num_data = problem.layout.num_data
     if settings.batch_size is None:
         index = None
     else:
-        index = jax.random.randint(batch_key, (settings.batch_size,), 0, problem.layout.num_data)
-    trainable, static = eqx.partition(state.params, eqx.is_inexact_array)
+        index = jax.random.randint(batch_key, (settings.batch_size,), 0, num_data)
+    dense, tables = split_tables(state.params, problem.family.table_keys)
+    trainable, static = eqx.partition(dense, eqx.is_inexact_array)
+    if index is None:
+        rows, row_state = tables, state.table_state
+    else:
+        rows, row_state = _rows(tables, index, num_data), _rows(state.table_state, index, num_data)
 
-    def loss(trainable_params: VariationalParams) -> jax.Array:
-        params = eqx.combine(trainable_params, static)
+    def loss(trainable_dense: VariationalParams, table_rows: dict[str, jax.Array]) -> jax.Array:
+        params = merge_tables(eqx.combine(trainable_dense, static), table_rows)
         draws = elbo_draws(
-            draw_key, params, problem, index, settings.num_particles, settings.sticking_the_landing
+            draw_key,
+            params,
+            problem,
+            index,
+            settings.num_particles,
+            settings.sticking_the_landing,
+            tables_gathered=index is not None and bool(table_rows),
         )
         return -jnp.mean(draws)
 
-    value, grads = jax.value_and_grad(loss)(trainable)
-    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
-    updates = jax.tree_util.tree_map(lambda u: learning_rate_scale * u, updates)
-    new_trainable = optax.apply_updates(trainable, updates)
-    finite = jnp.isfinite(value) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
-    )
+    value, (dense_grads, row_grads) = jax.value_and_grad(loss, argnums=(0, 1))(trainable, rows)
+    scale = lambda tree: jax.tree_util.tree_map(lambda u: learning_rate_scale * u, tree)  # noqa: E731
+    dense_updates, dense_state = optimizer.update(dense_grads, state.dense_state, trainable)
+    row_updates, new_row_state = optimizer.update(row_grads, row_state, rows)
+    new_trainable = optax.apply_updates(trainable, scale(dense_updates))
+    new_rows = optax.apply_updates(rows, scale(row_updates))
+    finite = jnp.isfinite(value) & _all_finite((dense_grads, row_grads))
     accept = finite & (state.step < total_steps)
     keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
         lambda n, o: jnp.where(accept, n, o), new, old
     )
+    new_rows, new_row_state = keep((new_rows, new_row_state), (rows, row_state))
+    if index is None:
+        new_tables, table_state = new_rows, new_row_state
+    else:
+        new_tables = _scatter_rows(tables, new_rows, index, num_data)
+        table_state = _scatter_rows(state.table_state, new_row_state, index, num_data)
     new_state = OptState(
-        eqx.combine(keep(new_trainable, trainable), static),
-        keep(opt_state, state.opt_state),
+        merge_tables(eqx.combine(keep(new_trainable, trainable), static), new_tables),
+        keep(dense_state, state.dense_state),
+        table_state,
         state.step + (state.step < total_steps).astype(jnp.int32),
     )
     return new_state, ChunkInfo(-value, finite)
@@ -141,27 +220,46 @@ run_chunk: Callable[..., tuple[OptState, ChunkInfo]] = eqx.filter_jit(_run_chunk
 past the requested count."""
 
 
+def evaluation_index(key: jax.Array, num_data: int, batch_size: int | None) -> jax.Array | None:
+    """The fixed data on which the stop rule evaluates the ELBO: all data in full-batch mode,
+    else min(N, 16 B) data drawn once without replacement."""
+    if batch_size is None or 16 * batch_size >= num_data:
+        return None
+    return jax.random.choice(key, num_data, (16 * batch_size,), replace=False)
+
+
+def _evaluate(
+    key: jax.Array, params: VariationalParams, problem: Problem, index: jax.Array | None
+) -> jax.Array:
+    return jnp.mean(elbo_draws(key, params, problem, index, EVALUATION_DRAWS, False))
+
+
+EVALUATION_DRAWS = 4
+"""Draws of the stop rule's fixed-noise ELBO evaluation."""
+
+evaluate = eqx.filter_jit(_evaluate)
+"""``evaluate(key, params, problem, index)``: the ELBO at fixed noise (same key every check)."""
+
+
 @dataclass
 class StopRule:
-    """When to stop, from the per-step ELBO estimates of each chunk.
+    """Reduce-on-plateau stop rule on a common-random-numbers ELBO.
 
-    After chunk k with mean ELBO m_k and standard error e_k, the chunk is *flat* when
-
-        |m_k - m_{k-1}| < max(tol |m_k|, 2 sqrt(e_k^2 + e_{k-1}^2)),
-
-    i.e. the change is below the relative tolerance (Stan's ADVI rule, Kucukelbir et al. 2017)
-    or indistinguishable from Monte Carlo noise. After ``patience`` flat chunks in a row the
-    rule moves to the next annealing stage (the learning rate times ``anneal_factor``), which
-    shrinks the stationary jitter of stochastic optimisation; it has converged when the last
-    stage goes flat. With ``stages=1`` it is a plain relative-change rule.
+    After every chunk the ELBO is evaluated with the *same* key and the same data (all data,
+    or a fixed subset under minibatching), so differences between checks measure the change
+    of the variational parameters, not Monte Carlo or subsampling noise. A check improves on
+    the best value so far when it exceeds it by more than ``tol * |best|`` (Stan's ADVI
+    relative tolerance, Kucukelbir et al. 2017). After ``patience`` checks without improvement
+    the learning rate is multiplied by ``anneal_factor`` (which shrinks the stationary jitter of
+    stochastic optimisation); the fit has converged when the last of ``stages`` plateaus.
     """
 
     tol: float
     stages: int = 3
     anneal_factor: float = 0.1
     patience: int = 3
-    _previous: tuple[float, float] | None = None
-    _flat: int = 0
+    best: float = -np.inf
+    since_best: int = 0
     stage: int = 0
 
     @property
@@ -169,23 +267,19 @@ class StopRule:
         """Factor applied to every update in the current stage."""
         return self.anneal_factor**self.stage
 
-    def update(self, chunk_elbos: np.ndarray) -> bool:
-        """Record one chunk's finite per-step ELBO estimates; return True once converged."""
-        finite = chunk_elbos[np.isfinite(chunk_elbos)]
-        if finite.size < 2:
+    def update(self, value: float) -> bool:
+        """Record one check's fixed-noise ELBO; return True once converged."""
+        if not np.isfinite(value):
             return False
-        mean = float(np.mean(finite))
-        stderr = float(np.std(finite, ddof=1) / np.sqrt(finite.size))
-        if self._previous is not None:
-            previous_mean, previous_stderr = self._previous
-            threshold = max(self.tol * abs(mean), 2.0 * np.hypot(stderr, previous_stderr))
-            self._flat = self._flat + 1 if abs(mean - previous_mean) < threshold else 0
-        self._previous = (mean, stderr)
-        if self._flat < self.patience:
+        if value > self.best + self.tol * abs(value):
+            self.best = value
+            self.since_best = 0
+            return False
+        self.since_best += 1
+        if self.since_best < self.patience:
             return False
         if self.stage + 1 >= self.stages:
             return True
         self.stage += 1
-        self._flat = 0
-        self._previous = None
+        self.since_best = 0
         return False

@@ -27,6 +27,17 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pandas as pd
+
+import avi
+from avi.experiments.common import (
+    REFERENCE_LABEL,
+    Claim,
+    FamilySpec,
+    Setup,
+    check_size,
+    speed_claim,
+)
 
 TAU = 1.155
 SIGMA = 2.43
@@ -118,3 +129,101 @@ def constant_gap(x: np.ndarray, tau: float = TAU, sigma: float = SIGMA) -> float
     x = np.asarray(x, dtype=np.float64)
     spread = float(np.sum((x - x.mean()) ** 2))
     return tau**2 * spread / (2 * sigma**2 * (sigma**2 + tau**2))
+
+
+# --- The experiment of the paper's section 4 (avi reproduce linear) ---------------------------
+#
+# Decisions the paper leaves open: the data are simulated once (seed 0, theta = 0) and the seeds
+# of the run vary initialisation, Monte Carlo draws and nothing else; the final ELBO of every fit
+# is computed exactly from its variational parameters (:func:`fit_elbo`), so the verdicts carry
+# no Monte Carlo error. Polynomial encoders share one scale across data (the paper's class);
+# the constant family has the A-VI learning rate, being A-VI with a degree-0 polynomial.
+
+
+class _Scale(NamedTuple):
+    num_data: int
+    num_steps: int
+    num_particles: int
+
+
+_SCALES = {
+    "tiny": _Scale(200, 300, 2),
+    "quick": _Scale(2_000, 5_000, 10),
+    "medium": _Scale(NUM_DATA, 5_000, 20),
+    "full": _Scale(NUM_DATA, 5_000, 100),
+}
+
+
+def fit_elbo(fit: avi.Fit, x: np.ndarray) -> float:
+    """Exact ELBO of a fitted q(theta) prod_n q(z_n) (:func:`elbo` of its parameters)."""
+    q_theta = fit.posterior()["theta"]
+    loc, log_scale = fit.local_factors()
+    theta = Gaussian(np.asarray(q_theta.loc), np.asarray(q_theta.scale) ** 2)
+    z = Gaussian(np.asarray(loc[:, 0]), np.exp(2 * np.asarray(log_scale[:, 0])))
+    return elbo(x, theta, z)
+
+
+def _families() -> tuple[FamilySpec, ...]:
+    return (
+        FamilySpec(REFERENCE_LABEL, avi.Factorized(), 1e-3, None, "reference (lr 1e-3)"),
+        FamilySpec("constant", avi.Constant(), 1e-2, False, "does not close the gap"),
+        FamilySpec(
+            "A-VI polynomial degree 1",
+            avi.Amortized(avi.Polynomial(1)),
+            1e-2,
+            True,
+            "closes the gap; ~6x fewer iterations than F-VI to 1% (median 365 vs 2135)",
+            {"degree": 1},
+        ),
+        FamilySpec(
+            "A-VI polynomial degree 2",
+            avi.Amortized(avi.Polynomial(2)),
+            1e-2,
+            True,
+            "closes the gap",
+            {"degree": 2},
+        ),
+    )
+
+
+def check_claims(summary: pd.DataFrame, fits: pd.DataFrame) -> list[Claim]:
+    """The paper's speed finding: degree 1 reaches the 1% criterion in fewer iterations."""
+    return [
+        speed_claim(
+            summary,
+            "A-VI polynomial degree 1",
+            "A-VI degree 1 needs ~6x fewer iterations than F-VI to the 1% criterion",
+            2135 / 365,
+        )
+    ]
+
+
+def setup(size: str = "full") -> Setup:
+    """The linear experiment (paper section 4, Fig. 3 and 4) at a run size.
+
+    Full size: N = 10,000, 5,000 Adam iterations with 100 draws each, learning rate 1e-3 for
+    F-VI and 1e-2 for A-VI, as in the paper.
+
+    Raises:
+        AviError: ``size`` is not a run size.
+    """
+    scale = _SCALES[check_size(size)]
+    x = simulate(scale.num_data, seed=0)
+    return Setup(
+        name="linear",
+        title="Linear model (Eq. 8, Prop. 3.6)",
+        model=model,
+        args=(x,),
+        num_data=scale.num_data,
+        families=_families(),
+        num_steps=scale.num_steps,
+        num_particles=scale.num_particles,
+        batch_size=None,
+        eval_particles=1000,
+        settings=(
+            f"N = {scale.num_data:,} (paper 10,000), {scale.num_steps:,} iterations (paper "
+            f"5,000), {scale.num_particles} draws per step (paper 100); ELBOs exact"
+        ),
+        check_claims=check_claims,
+        exact_elbo=lambda fit: fit_elbo(fit, x),
+    )
