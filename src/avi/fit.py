@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from avi.elbo import Problem, VariationalParams, elbo_draws
 from avi.encoders import INIT_LOG_SCALE
-from avi.errors import AviError, DivergenceError, FamilyError
+from avi.errors import AviError, DivergenceError, FamilyError, ModelError
 from avi.families import Family, as_family, count_parameters
 from avi.model import (
     Model,
@@ -42,7 +42,7 @@ from avi.optim import (
 )
 
 
-Callback = Callable[[int, VariationalParams], bool | None]
+Callback = Callable[[int, VariationalParams, Problem], bool | None]
 
 
 class Estimate(NamedTuple):
@@ -285,9 +285,26 @@ def _check_options(
         )
 
 
-def settings_batch_size(batch_size: int | None, num_data: int) -> int | None:
-    """The batch size a step uses: None (full batch) when it covers all the data."""
-    return None if batch_size is None or batch_size == num_data else int(batch_size)
+AUTO_FULL_BATCH_LIMIT = 8192
+"""Up to this many data, the default is full-batch optimisation."""
+
+AUTO_BATCH_SIZE = 1024
+"""Default batch of encoder-based families beyond AUTO_FULL_BATCH_LIMIT data."""
+
+
+def settings_batch_size(batch_size: int | None, num_data: int, family: Family) -> int | None:
+    """The batch size a step uses; None means the full batch.
+
+    ``batch_size=None`` chooses: the full batch for F-VI (each of its factors learns only from
+    its own datum, so a minibatch of B updates a fraction B/N of them per step and needs N/B
+    times more steps) and for N <= AUTO_FULL_BATCH_LIMIT; otherwise AUTO_BATCH_SIZE, with
+    which A-VI's per-step cost no longer grows with N.
+    """
+    if batch_size is None:
+        if family.table_keys or num_data <= AUTO_FULL_BATCH_LIMIT:
+            return None
+        return AUTO_BATCH_SIZE
+    return None if batch_size == num_data else int(batch_size)
 
 
 def _initial_params(
@@ -335,7 +352,8 @@ def fit(
         num_steps: run exactly this many steps (the stop rule is off).
         max_steps: cap on the number of steps when the stop rule decides.
         tol: the stop rule's relative-change threshold (see :class:`avi.optim.StopRule`).
-        batch_size: data per step (None: all data).
+        batch_size: data per step; None chooses (see :func:`settings_batch_size`): the full
+            batch for F-VI or N <= 8192, else 1024.
         num_particles: Monte Carlo draws per step.
         sticking_the_landing: use the sticking-the-landing gradient estimator (Roeder et al.
             2017; unbiased, and its variance vanishes as q approaches the posterior).
@@ -346,8 +364,8 @@ def fit(
         plate: name of the data plate when the automatic choice must be overridden.
         progress: show a progress bar with the running ELBO.
         chunk_size: steps per compiled chunk (and between stop-rule checks).
-        callback: called after every chunk as ``callback(step, params)``; a true return value
-            stops the fit. Its time is excluded from ``wall_time`` and ``history.wall_time``.
+        callback: called after every chunk as ``callback(step, params, problem)``; a true
+            return value stops the fit. Its time is excluded from ``wall_time`` and ``history.wall_time``.
         **kwargs: the model's keyword arguments.
 
     Returns:
@@ -359,8 +377,14 @@ def fit(
     _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles, optimizer)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise AviError(f"chunk_size={chunk_size!r}: give a positive integer.")
-    if settings_batch_size(batch_size, layout.num_data) is not None:
-        check_minibatchable(traced)
+    step_batch_size = settings_batch_size(batch_size, layout.num_data, family)
+    if step_batch_size is not None:
+        try:
+            check_minibatchable(traced)
+        except ModelError:
+            if batch_size is not None:
+                raise
+            step_batch_size = None  # the automatic choice falls back to the full batch
     raw_features = per_datum_features(traced, args, kwargs)
     scaling = FeatureScaling.from_features(raw_features)
     problem = Problem(
@@ -374,7 +398,7 @@ def fit(
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     params = _initial_params(init_key, traced, family, problem)
     settings = StepSettings(
-        batch_size=settings_batch_size(batch_size, layout.num_data),
+        batch_size=step_batch_size,
         num_particles=int(num_particles),
         sticking_the_landing=bool(sticking_the_landing),
         chunk_size=int(chunk_size),
@@ -415,7 +439,11 @@ def _optimise(
 ) -> tuple[OptState, History, bool, float]:
     state = init_state(params, optimizer, problem.family.table_keys)
     key, check_key, subset_key = jax.random.split(key, 3)
-    check_index = evaluation_index(subset_key, problem.layout.num_data, settings.batch_size)
+    check_index = (
+        evaluation_index(subset_key, problem.layout.num_data, settings.batch_size)
+        if stop_rule is not None
+        else None
+    )
     paused = 0.0
     total_steps = jnp.asarray(total, jnp.int32)
     steps, elbos, times = [], [], []
@@ -452,7 +480,7 @@ def _optimise(
                 break
             if callback is not None:
                 callback_start = time.perf_counter()
-                stop = callback(done, state.params)
+                stop = callback(done, state.params, problem)
                 paused += time.perf_counter() - callback_start
                 if stop:
                     break

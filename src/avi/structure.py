@@ -49,6 +49,7 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
@@ -73,6 +74,8 @@ MAX_SEEDS = 8
 """Random points tried to find NUM_POINTS where every gradient is finite."""
 FULL_DATA_BATCH = 4
 """Full-data evaluations vectorised at once when the model cannot be shrunk (bounds memory)."""
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+"""The program runs once or twice on small arrays: compiling fast matters, optimising does not."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +265,7 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
         DataError: non-finite data.
     """
     layout = trace_model(model, args, kwargs, plate).layout
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), numpyro.validation_enabled(False):
         problem = _analysed_problem(model, args, kwargs, layout)
         if not problem.locals:
             return _no_locals_report(problem)
@@ -324,13 +327,20 @@ def _analysed_problem(
     )
 
 
+def _map_per_datum(
+    layout: ModelLayout, args: Sequence[Any], kwargs: Mapping[str, Any], fn: Callable[[Any], Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments with ``fn`` applied to every per-datum array (positional ones first)."""
+    mapped_args = tuple(fn(a) if i in layout.per_datum_args else a for i, a in enumerate(args))
+    mapped_kwargs = {k: fn(a) if k in layout.per_datum_kwargs else a for k, a in kwargs.items()}
+    return mapped_args, mapped_kwargs
+
+
 def _head(
     layout: ModelLayout, args: Sequence[Any], kwargs: Mapping[str, Any], stop: int
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The arguments with every per-datum array cut to its first ``stop`` rows."""
-    head_args = tuple(a[:stop] if i in layout.per_datum_args else a for i, a in enumerate(args))
-    head_kwargs = {k: a[:stop] if k in layout.per_datum_kwargs else a for k, a in kwargs.items()}
-    return head_args, head_kwargs
+    return _map_per_datum(layout, args, kwargs, lambda a: a[:stop])
 
 
 def _is_discrete(value: Any) -> bool:
@@ -359,14 +369,13 @@ def _structure(
 
     Only the per-datum arrays are abstract, so sizes given as plain numbers stay concrete.
     """
-    per_datum = [(args, i) for i in layout.per_datum_args if i < len(args)]
-    per_datum += [(kwargs, k) for k in layout.per_datum_kwargs if k in kwargs]
+    arrays: list[Any] = []
+    _map_per_datum(layout, args, kwargs, arrays.append)
     found: list[_Structure] = []
 
-    def run(arrays: list[jax.Array]) -> None:
-        call_args, call_kwargs = list(args), dict(kwargs)
-        for (container, key), array in zip(per_datum, arrays, strict=True):
-            (call_args if container is args else call_kwargs)[key] = array
+    def run(abstract: list[jax.Array]) -> None:
+        given = iter(abstract)
+        call_args, call_kwargs = _map_per_datum(layout, args, kwargs, lambda _: next(given))
         seeded = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=init_to_uniform)
         trace = handlers.trace(seeded).get_trace(*call_args, **call_kwargs)
         sites = {n: _site(s, layout.plate) for n, s in trace.items() if s["type"] == "sample"}
@@ -374,7 +383,7 @@ def _structure(
         size = message["args"][0] if message is not None and message["type"] == "plate" else -1
         found.append(_Structure(sites, int(size)))
 
-    jax.eval_shape(run, [jnp.asarray(container[key]) for container, key in per_datum])
+    jax.eval_shape(run, [jnp.asarray(a) for a in arrays])
     return found[0]
 
 
@@ -458,25 +467,25 @@ def _design(size: int) -> _Design:
 # ---------------------------------------------------------------------------- log density
 
 
-def _arguments(problem: _Problem, data: Sequence[jax.Array]) -> tuple[list, dict, dict]:
+def _arguments(
+    problem: _Problem, data: Sequence[jax.Array | None]
+) -> tuple[list[Any], dict[str, Any], dict[str, jax.Array]]:
     """Arguments and observed values with the per-datum arrays ``data`` (aligned with
-    ``problem.inputs``) in place."""
+    ``problem.inputs``; None keeps the model's own) in place."""
     args, kwargs, observed = list(problem.args), dict(problem.kwargs), {}
     for item, value in zip(problem.inputs, data, strict=True):
-        {"arg": args, "kwarg": kwargs, "site": observed}[item.kind][item.key] = value
+        if value is not None:
+            {"arg": args, "kwarg": kwargs, "site": observed}[item.kind][item.key] = value
     return args, kwargs, observed
 
 
-def _site_log_densities(
-    problem: _Problem,
-    globals_: Mapping[str, jax.Array],
-    u: Mapping[str, jax.Array],
-    data: Sequence[jax.Array],
-) -> dict[str, jax.Array]:
-    """log p_s for every sample site s (scaled and summed): the factors of the joint.
+def _trace(
+    problem: _Problem, u: Mapping[str, jax.Array], data: Sequence[jax.Array | None]
+) -> dict[str, Any]:
+    """Run the model with every latent at ``biject_to(support)(u)`` and the given data.
 
-    Local latents are ``biject_to(support)(u)`` with the support of this very run, so supports
-    that depend on the globals stay consistent.
+    The support is that of this very run, so supports that depend on other latents stay
+    consistent; ``u`` uniform on (-2, 2) is NumPyro's ``init_to_uniform``.
     """
     args, kwargs, observed = _arguments(problem, data)
 
@@ -485,12 +494,18 @@ def _site_log_densities(
             return None
         return biject_to(message["fn"].support)(u[message["name"]])
 
-    model = handlers.seed(problem.model, rng_seed=0)
-    model = handlers.substitute(model, data={**globals_, **observed})
+    model = handlers.substitute(problem.model, data=observed)
     model = handlers.substitute(model, substitute_fn=constrain)
-    trace = handlers.trace(model).get_trace(*args, **kwargs)
+    model = handlers.seed(model, rng_seed=0)  # outermost: substituted sites draw no key
+    return handlers.trace(model).get_trace(*args, **kwargs)
+
+
+def _site_log_densities(
+    problem: _Problem, u: Mapping[str, jax.Array], data: Sequence[jax.Array]
+) -> dict[str, jax.Array]:
+    """log p_s for every sample site s (scaled and summed): the factors of the joint."""
     densities = {}
-    for name, site in trace.items():
+    for name, site in _trace(problem, u, data).items():
         if site["type"] == "sample":
             log_prob = site["fn"].log_prob(site["value"])
             scale = site["scale"]
@@ -500,42 +515,34 @@ def _site_log_densities(
 
 def _gradients(
     problem: _Problem,
-    globals_: Mapping[str, jax.Array],
-    u: Mapping[str, jax.Array],
+    u_globals: Mapping[str, jax.Array],
+    u_locals: Mapping[str, jax.Array],
     data: Sequence[jax.Array],
 ) -> Gradients:
     """g_s = d log p_s / du_L for every site s and local latent L (unconstrained coordinates)."""
-    return jax.jacrev(lambda v: _site_log_densities(problem, globals_, v, data))(dict(u))
+
+    def densities(v: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        return _site_log_densities(problem, {**u_globals, **v}, data)
+
+    return jax.jacrev(densities)(dict(u_locals))
 
 
-def _draw_point(
-    problem: _Problem, arrays: Sequence[jax.Array], key: jax.Array
-) -> tuple[dict[str, jax.Array], dict[str, jax.Array], list[jax.Array]]:
-    """A random point, drawn as init_to_uniform does, and the data arrays.
-
-    Args:
-        problem: the analysed problem.
-        arrays: the per-datum arguments, aligned with the argument inputs of ``problem``.
-        key: a PRNG key.
-
-    Returns:
-        Globals (constrained), locals (unconstrained), and every input's array (real ones in
-        float64), aligned with ``problem.inputs``.
-    """
-    placeholders = iter(arrays)
-    data = [None if item.kind == "site" else next(placeholders) for item in problem.inputs]
-    args, kwargs, _ = _arguments(problem, data)
-    model = handlers.substitute(handlers.seed(problem.model, rng_seed=key), substitute_fn=init_to_uniform)
-    trace = handlers.trace(model).get_trace(*args, **kwargs)
-    latent = {name: site for name, site in trace.items() if _is_latent(site)}
-    globals_ = {n: s["value"] for n, s in latent.items() if n not in problem.locals}
-    u = {n: biject_to(latent[n]["fn"].support).inv(latent[n]["value"]) for n in problem.locals}
+def _data(
+    problem: _Problem, u: Mapping[str, jax.Array], arrays: Sequence[jax.Array]
+) -> list[jax.Array]:
+    """Every input's array (real ones in float64), aligned with ``problem.inputs``: the
+    per-datum arguments ``arrays`` and the observed values of a run at ``u``."""
+    given = iter(arrays)
+    data = [None if item.kind == "site" else next(given) for item in problem.inputs]
+    trace = _trace(problem, u, data)
     values = [
         jnp.asarray(trace[item.key]["value"] if value is None else value)
         for item, value in zip(problem.inputs, data, strict=True)
     ]
-    values = [v if item.discrete else v.astype(jnp.float64) for item, v in zip(problem.inputs, values, strict=True)]
-    return globals_, u, values
+    return [
+        v if item.discrete else v.astype(jnp.float64)
+        for item, v in zip(problem.inputs, values, strict=True)
+    ]
 
 
 # --------------------------------------------------------------------- dependency detection
@@ -594,13 +601,17 @@ def _swap(x: jax.Array, axis: int, rows: jax.Array, probe: jax.Array) -> jax.Arr
 
 def _evaluator(
     problem: _Problem, design: _Design, directions: list[_Probe], swaps: list[_Probe]
-) -> Callable[[Sequence[jax.Array], jax.Array], _Tables]:
-    """One compiled program giving the tables at a random point: (arrays, key) -> _Tables."""
+) -> Callable[..., _Tables]:
+    """One compiled program giving the tables at a random point.
+
+    Its arguments are the per-datum arguments, the unconstrained globals and locals, and one
+    random direction per slot (local latents, then real inputs); randomness is drawn outside,
+    which keeps the compilation short.
+    """
     names = list(problem.locals)
     real = [i for i, item in enumerate(problem.inputs) if not item.discrete]
     discrete = [i for i, item in enumerate(problem.inputs) if item.discrete]
     window = design.window or problem.size
-    batch = None if design.window is None else FULL_DATA_BATCH
 
     def summarise(gradients: Gradients) -> Gradients:
         return {
@@ -608,18 +619,20 @@ def _evaluator(
             for s, by_local in gradients.items()
         }
 
-    def evaluate(arrays: Sequence[jax.Array], key: jax.Array) -> _Tables:
-        point_key, noise_key = jax.random.split(key)
-        globals_, u, data = _draw_point(problem, arrays, point_key)
-        base = _gradients(problem, globals_, u, data)
+    def evaluate(
+        arrays: Sequence[jax.Array],
+        u_globals: Mapping[str, jax.Array],
+        u: Mapping[str, jax.Array],
+        noise: Sequence[jax.Array],
+    ) -> _Tables:
+        data = _data(problem, {**u_globals, **u}, arrays)
+        base = _gradients(problem, u_globals, u, data)
         slots = [(u[n], problem.locals[n]) for n in names] + [
             (data[i], problem.inputs[i].axis) for i in real
         ]
-        keys = jax.random.split(noise_key, len(slots))
-        noise = [jax.random.normal(k, x.shape, x.dtype) for k, (x, _) in zip(keys, slots, strict=True)]
 
         def with_real(v: Mapping[str, jax.Array], values: list[jax.Array]) -> Gradients:
-            return _gradients(problem, globals_, v, _replace(data, real, values))
+            return _gradients(problem, u_globals, v, _replace(data, real, values))
 
         def along(probe: jax.Array) -> Gradients:
             slot, center, far = probe[0], probe[1], probe[2].astype(bool)
@@ -637,11 +650,12 @@ def _evaluator(
                 axis = problem.inputs[i].axis
                 rows = (probe[0] == k) & _rows(data[i].shape, axis, probe[1], probe[2].astype(bool), window)
                 values.append(_swap(data[i], axis, rows, probe))
-            gradients = _gradients(problem, globals_, u, _replace(data, discrete, values))
+            gradients = _gradients(problem, u_globals, u, _replace(data, discrete, values))
             return summarise(jax.tree.map(jnp.subtract, gradients, base))
 
         def table(fn: Callable[[jax.Array], Gradients], probes: list[_Probe]) -> Gradients:
-            return jax.lax.map(fn, jnp.asarray(probes), batch_size=batch)
+            size = len(probes) if design.window is None else FULL_DATA_BATCH
+            return jax.lax.map(fn, jnp.asarray(probes), batch_size=size)
 
         return _Tables(
             finite={s: _all_finite(g) for s, g in base.items()},
@@ -650,7 +664,7 @@ def _evaluator(
             swaps=table(swapped, swaps) if swaps else None,
         )
 
-    return jax.jit(evaluate)
+    return jax.jit(evaluate, compiler_options=COMPILER_OPTIONS)
 
 
 def _replace(
@@ -686,8 +700,9 @@ def _evaluate_points(
         if item.kind != "site"
     ]
     tables, bad = [], set()
-    for seed in range(MAX_SEEDS):
-        result = evaluate(arrays, jax.random.PRNGKey(seed))
+    rng = np.random.default_rng(0)
+    for _ in range(MAX_SEEDS):
+        result = evaluate(arrays, *_random_point(problem, rng))
         nonfinite = {s for s, finite in result.finite.items() if not bool(finite)}
         bad |= nonfinite
         if not nonfinite:
@@ -702,6 +717,27 @@ def _evaluate_points(
             "and the numerical stability of those sites (e.g. add jitter to covariance matrices)."
         )
     return tables
+
+
+def _random_point(
+    problem: _Problem, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[np.ndarray]]:
+    """Unconstrained globals and locals uniform on (-2, 2), as NumPyro's init_to_uniform draws
+    them, and a standard normal direction per slot (local latents, then real inputs)."""
+    u = {
+        name: rng.uniform(-2, 2, size=site.unconstrained)
+        for name, site in problem.sites.items()
+        if site.kind == "latent"
+    }
+    shapes = [u[n].shape for n in problem.locals] + [
+        problem.sites[item.key].shape
+        if item.kind == "site"
+        else np.shape((problem.args if item.kind == "arg" else problem.kwargs)[item.key])
+        for item in problem.inputs
+        if not item.discrete
+    ]
+    u_globals = {n: v for n, v in u.items() if n not in problem.locals}
+    return u_globals, {n: u[n] for n in problem.locals}, [rng.normal(size=s) for s in shapes]
 
 
 def _hits(
