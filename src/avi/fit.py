@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -30,6 +30,7 @@ from avi.model import (
     per_datum_features,
     trace_model,
 )
+from avi.parallel import data_mesh, shard_rows
 from avi.optim import (
     OptState,
     StepSettings,
@@ -335,6 +336,7 @@ def fit(
     progress: bool = True,
     chunk_size: int = 100,
     callback: Callback | None = None,
+    devices: Sequence[jax.Device] | None = None,
     **kwargs: Any,
 ) -> Fit:
     """Fit ``model(*args, **kwargs)`` by maximising the ELBO over a variational family.
@@ -397,6 +399,10 @@ def fit(
     )
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     params = _initial_params(init_key, traced, family, problem)
+    mesh = data_mesh(devices, layout.num_data)
+    if mesh is not None:
+        problem = shard_rows(problem, layout.num_data, mesh)
+        params = shard_rows(params, layout.num_data, mesh)
     settings = StepSettings(
         batch_size=step_batch_size,
         num_particles=int(num_particles),
