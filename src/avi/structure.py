@@ -31,6 +31,9 @@ as NumPyro's ``init_to_uniform`` does:
   product). For a discrete array (counts, indices), iff g_s(z_n) changes when row m is swapped
   for another datum's row (two donors: the most different row, and the one whose sum differs most).
 
+The window is the union of the offsets found over the probed data (data at the ends lack some
+neighbours, Remark 3.7; masks and discrete data can hide a dependency at some data).
+
 The analysis runs on a small sub-problem, the first ``SUB_SIZE`` data (per-datum arguments
 sliced), when the model's data plate follows its arguments; otherwise on the full data, probing
 two interior data within ``WINDOW`` neighbours plus one joint perturbation of all farther rows,
@@ -44,6 +47,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -75,7 +79,8 @@ MAX_SEEDS = 8
 FULL_DATA_BATCH = 4
 """Full-data evaluations vectorised at once when the model cannot be shrunk (bounds memory)."""
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-"""The program runs once or twice on small arrays: compiling fast matters, optimising does not."""
+"""On CPU: the program runs a few times on small arrays, so compiling fast matters, not LLVM's
+optimisations."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,8 @@ class _Site(NamedTuple):
         shape: shape of its value.
         unconstrained: shape of its unconstrained value (latents), else None.
         plate_axis: axis of the data plate in its value, if it is in the plate.
-        discrete: whether its value is an integer or boolean array.
+        discrete: whether its value is discrete (an integer or boolean array, or the value of
+            a distribution with discrete support).
     """
 
     kind: str
@@ -227,7 +233,7 @@ class _Window:
 
     Attributes:
         local: the local latent site.
-        links: (input label, offset) -> the factors carrying it, on interior data.
+        links: (input label, offset) -> the factors carrying it.
         problem: why the dependency has no fixed window (dense), or None.
     """
 
@@ -269,12 +275,11 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
         problem = _analysed_problem(model, args, kwargs, layout)
         if not problem.locals:
             return _no_locals_report(problem)
-        design = _design(problem.size)
-        coupling, data = _dependencies(problem, design)
+        coupling, data = _dependencies(problem, _design(problem.size))
     if coupling:
         return _coupled_report(problem, coupling)
     windows = [
-        _window(name, [e for e in data if e.local == name], design, problem.size)
+        _window(name, [e for e in data if e.local == name], problem.size)
         for name in problem.locals
     ]
     return _window_report(problem, windows)
@@ -286,7 +291,11 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
 def _analysed_problem(
     model: Model, args: Sequence[Any], kwargs: Mapping[str, Any], layout: ModelLayout
 ) -> _Problem:
-    """Shrink the model to its first SUB_SIZE data when it follows, and classify its sites."""
+    """Shrink the model to its first SUB_SIZE data when it follows, and classify its sites.
+
+    Raises:
+        ModelError: JAX cannot trace the model on its data.
+    """
     try:
         full = _structure(model, args, kwargs, layout)
     except Exception as error:  # it ran on concrete data, so tracing is what failed
@@ -301,18 +310,8 @@ def _analysed_problem(
     else:
         structure, reference = full, _shrunk(model, args, kwargs, layout, full, layout.num_data - 1)
         args, kwargs = tuple(args), dict(kwargs)
-    size = structure.size
-    locals_: dict[str, int] = {}
-    inputs: list[_Input] = []
-    for name, site in structure.sites.items():
-        axis = _data_axis(name, site, size, reference)
-        if axis is None or site.kind == "factor":
-            continue
-        if site.kind == "latent":
-            locals_[name] = axis
-        else:
-            inputs.append(_Input("site", name, axis, f"observed '{name}'", site.discrete))
-    inputs += [
+    locals_, observed = _per_datum_sites(structure, reference)
+    inputs = observed + [
         _Input("arg", i, 0, _argument_label(model, i), _is_discrete(args[i]))
         for i in layout.per_datum_args
     ]
@@ -322,9 +321,26 @@ def _analysed_problem(
     ]
     disguised = tuple(n for n in locals_ if layout.plate not in structure.sites[n].plates)
     return _Problem(
-        model, tuple(args), dict(kwargs), layout.plate, layout.num_data, size,
+        model, tuple(args), dict(kwargs), layout.plate, layout.num_data, structure.size,
         locals_, disguised, tuple(inputs), structure.sites,
     )
+
+
+def _per_datum_sites(
+    structure: _Structure, reference: _Structure | None
+) -> tuple[dict[str, int], list[_Input]]:
+    """The local latents (site -> data axis) and the observed sites with a data axis."""
+    locals_: dict[str, int] = {}
+    observed: list[_Input] = []
+    for name, site in structure.sites.items():
+        axis = _data_axis(name, site, structure.size, reference)
+        if axis is None or site.kind == "factor":
+            continue
+        if site.kind == "latent":
+            locals_[name] = axis
+        else:
+            observed.append(_Input("site", name, axis, f"observed '{name}'", site.discrete))
+    return locals_, observed
 
 
 def _map_per_datum(
@@ -344,10 +360,12 @@ def _head(
 
 
 def _is_discrete(value: Any) -> bool:
+    """Whether an array holds integers or booleans."""
     return not jnp.issubdtype(jnp.result_type(value), jnp.inexact)
 
 
 def _site(site: Mapping[str, Any], plate: str) -> _Site:
+    """Summarise a NumPyro sample message (see :class:`_Site`)."""
     shape = tuple(jnp.shape(site["value"]))
     latent = _is_latent(site)
     plates = tuple(_plate_names(site))
@@ -357,7 +375,7 @@ def _site(site: Mapping[str, Any], plate: str) -> _Site:
         shape=shape,
         unconstrained=tuple(biject_to(site["fn"].support).inverse_shape(shape)) if latent else None,
         plate_axis=_plate_axis(site, plate) if plate in plates else None,
-        discrete=_is_discrete(site["value"]),
+        discrete=_is_discrete(site["value"]) or site["fn"].support.is_discrete,
     )
 
 
@@ -376,14 +394,15 @@ def _structure(
     def run(abstract: list[jax.Array]) -> None:
         given = iter(abstract)
         call_args, call_kwargs = _map_per_datum(layout, args, kwargs, lambda _: next(given))
-        seeded = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=init_to_uniform)
-        trace = handlers.trace(seeded).get_trace(*call_args, **call_kwargs)
+        seeded = handlers.seed(model, rng_seed=0)
+        initialised = handlers.substitute(seeded, substitute_fn=init_to_uniform)
+        trace = handlers.trace(initialised).get_trace(*call_args, **call_kwargs)
         sites = {n: _site(s, layout.plate) for n, s in trace.items() if s["type"] == "sample"}
         message = trace.get(layout.plate)
         size = message["args"][0] if message is not None and message["type"] == "plate" else -1
         found.append(_Structure(sites, int(size)))
 
-    jax.eval_shape(run, [jnp.asarray(a) for a in arrays])
+    jax.eval_shape(run, arrays)
     return found[0]
 
 
@@ -409,6 +428,7 @@ def _shrunk(
 
 
 def _placement(structure: _Structure) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each site's kind and plates: what must not change when the model is cut."""
     return {name: (site.kind, site.plates) for name, site in structure.sites.items()}
 
 
@@ -599,6 +619,69 @@ def _swap(x: jax.Array, axis: int, rows: jax.Array, probe: jax.Array) -> jax.Arr
     return jnp.where(rows, jnp.where(far, rolled, donor), x)
 
 
+class _Point(NamedTuple):
+    """A random point inside the compiled program: unconstrained globals and locals, every
+    input's array (aligned with ``problem.inputs``) and the gradients g_s there."""
+
+    u_globals: dict[str, jax.Array]
+    u: dict[str, jax.Array]
+    data: list[jax.Array]
+    base: Gradients
+
+
+def _summarise(problem: _Problem, gradients: Gradients) -> Gradients:
+    """Per-datum magnitudes of gradient-shaped arrays: (size,) per site and local latent."""
+    return {
+        s: {name: _per_datum(g, problem.locals[name]) for name, g in by_local.items()}
+        for s, by_local in gradients.items()
+    }
+
+
+def _along(
+    problem: _Problem, point: _Point, noise: Sequence[jax.Array], window: int, probe: jax.Array
+) -> Gradients:
+    """|d g_s / d(direction)| per datum, the direction being the probe's rows of its slot's noise.
+
+    For a local latent's slot this is a Hessian-vector product (the coupling column); for a real
+    input's slot, a mixed derivative in the data.
+    """
+    slot, center, far = probe[0], probe[1], probe[2].astype(bool)
+    names = list(problem.locals)
+    real = _positions(problem, discrete=False)
+    slots = [(point.u[n], problem.locals[n]) for n in names]
+    slots += [(point.data[i], problem.inputs[i].axis) for i in real]
+    tangents = [
+        jnp.where((slot == j) & _rows(x.shape, axis, center, far, window), n, 0).astype(x.dtype)
+        for j, ((x, axis), n) in enumerate(zip(slots, noise, strict=True))
+    ]
+
+    def gradients(u: Mapping[str, jax.Array], values: list[jax.Array]) -> Gradients:
+        return _gradients(problem, point.u_globals, u, _replace(point.data, real, values))
+
+    primals = (point.u, [point.data[i] for i in real])
+    u_dot = dict(zip(names, tangents[: len(names)], strict=True))
+    return _summarise(problem, jax.jvp(gradients, primals, (u_dot, tangents[len(names) :]))[1])
+
+
+def _swapped(problem: _Problem, point: _Point, window: int, probe: jax.Array) -> Gradients:
+    """|g_s after the probe's swap - g_s| per datum."""
+    slot, center, far = probe[0], probe[1], probe[2].astype(bool)
+    discrete = _positions(problem, discrete=True)
+    values = []
+    for k, i in enumerate(discrete):
+        x, axis = point.data[i], problem.inputs[i].axis
+        rows = (slot == k) & _rows(x.shape, axis, center, far, window)
+        values.append(_swap(x, axis, rows, probe))
+    data = _replace(point.data, discrete, values)
+    gradients = _gradients(problem, point.u_globals, point.u, data)
+    return _summarise(problem, jax.tree.map(jnp.subtract, gradients, point.base))
+
+
+def _positions(problem: _Problem, discrete: bool) -> list[int]:
+    """Positions in ``problem.inputs`` of the discrete (or of the real) inputs."""
+    return [i for i, item in enumerate(problem.inputs) if item.discrete == discrete]
+
+
 def _evaluator(
     problem: _Problem, design: _Design, directions: list[_Probe], swaps: list[_Probe]
 ) -> Callable[..., _Tables]:
@@ -606,65 +689,33 @@ def _evaluator(
 
     Its arguments are the per-datum arguments, the unconstrained globals and locals, and one
     random direction per slot (local latents, then real inputs); randomness is drawn outside,
-    which keeps the compilation short.
+    which keeps the compilation short. The probes are vectorised all at once on a sub-problem,
+    FULL_DATA_BATCH at a time on the full data.
     """
-    names = list(problem.locals)
-    real = [i for i, item in enumerate(problem.inputs) if not item.discrete]
-    discrete = [i for i, item in enumerate(problem.inputs) if item.discrete]
     window = design.window or problem.size
-
-    def summarise(gradients: Gradients) -> Gradients:
-        return {
-            s: {name: _per_datum(g, problem.locals[name]) for name, g in by_local.items()}
-            for s, by_local in gradients.items()
-        }
 
     def evaluate(
         arrays: Sequence[jax.Array],
-        u_globals: Mapping[str, jax.Array],
-        u: Mapping[str, jax.Array],
+        u_globals: dict[str, jax.Array],
+        u: dict[str, jax.Array],
         noise: Sequence[jax.Array],
     ) -> _Tables:
         data = _data(problem, {**u_globals, **u}, arrays)
-        base = _gradients(problem, u_globals, u, data)
-        slots = [(u[n], problem.locals[n]) for n in names] + [
-            (data[i], problem.inputs[i].axis) for i in real
-        ]
-
-        def with_real(v: Mapping[str, jax.Array], values: list[jax.Array]) -> Gradients:
-            return _gradients(problem, u_globals, v, _replace(data, real, values))
-
-        def along(probe: jax.Array) -> Gradients:
-            slot, center, far = probe[0], probe[1], probe[2].astype(bool)
-            tangents = [
-                jnp.where((slot == j) & _rows(x.shape, axis, center, far, window), n, 0).astype(x.dtype)
-                for j, ((x, axis), n) in enumerate(zip(slots, noise, strict=True))
-            ]
-            u_dot = dict(zip(names, tangents[: len(names)], strict=True))
-            primals = (u, [data[i] for i in real])
-            return summarise(jax.jvp(with_real, primals, (u_dot, tangents[len(names) :]))[1])
-
-        def swapped(probe: jax.Array) -> Gradients:
-            values = []
-            for k, i in enumerate(discrete):
-                axis = problem.inputs[i].axis
-                rows = (probe[0] == k) & _rows(data[i].shape, axis, probe[1], probe[2].astype(bool), window)
-                values.append(_swap(data[i], axis, rows, probe))
-            gradients = _gradients(problem, u_globals, u, _replace(data, discrete, values))
-            return summarise(jax.tree.map(jnp.subtract, gradients, base))
+        point = _Point(u_globals, u, data, _gradients(problem, u_globals, u, data))
 
         def table(fn: Callable[[jax.Array], Gradients], probes: list[_Probe]) -> Gradients:
-            size = len(probes) if design.window is None else FULL_DATA_BATCH
-            return jax.lax.map(fn, jnp.asarray(probes), batch_size=size)
+            batch = len(probes) if design.window is None else FULL_DATA_BATCH
+            return jax.lax.map(fn, jnp.asarray(probes), batch_size=batch)
 
         return _Tables(
-            finite={s: _all_finite(g) for s, g in base.items()},
-            magnitude={s: _max_abs(g) for s, g in base.items()},
-            directions=table(along, directions),
-            swaps=table(swapped, swaps) if swaps else None,
+            finite={s: _all_finite(g) for s, g in point.base.items()},
+            magnitude={s: _max_abs(g) for s, g in point.base.items()},
+            directions=table(partial(_along, problem, point, noise, window), directions),
+            swaps=table(partial(_swapped, problem, point, window), swaps) if swaps else None,
         )
 
-    return jax.jit(evaluate, compiler_options=COMPILER_OPTIONS)
+    options = COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    return jax.jit(evaluate, compiler_options=options)
 
 
 def _replace(
@@ -678,10 +729,12 @@ def _replace(
 
 
 def _all_finite(by_local: Mapping[str, jax.Array]) -> jax.Array:
+    """Whether every gradient array is finite."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in by_local.values()]))
 
 
 def _max_abs(by_local: Mapping[str, jax.Array]) -> jax.Array:
+    """The largest absolute entry of the gradient arrays."""
     return jnp.max(jnp.stack([jnp.max(jnp.abs(g), initial=0.0) for g in by_local.values()]))
 
 
@@ -691,7 +744,8 @@ def _evaluate_points(
     """The tables at NUM_POINTS random points where every gradient g_s is finite.
 
     Raises:
-        ModelError: no such point among MAX_SEEDS draws.
+        ModelError: the model fails under differentiation, or no such point among MAX_SEEDS
+            draws.
     """
     evaluate = _evaluator(problem, design, directions, swaps)
     arrays = [
@@ -702,7 +756,13 @@ def _evaluate_points(
     tables, bad = [], set()
     rng = np.random.default_rng(0)
     for _ in range(MAX_SEEDS):
-        result = evaluate(arrays, *_random_point(problem, rng))
+        try:
+            result = evaluate(arrays, *_random_point(problem, rng))
+        except Exception as error:  # the user's model may fail under differentiation
+            raise ModelError(
+                "avi.check could not differentiate the model's log density with respect to its "
+                f"local latents and data: {type(error).__name__}: {error}"
+            ) from error
         nonfinite = {s for s, finite in result.finite.items() if not bool(finite)}
         bad |= nonfinite
         if not nonfinite:
@@ -741,7 +801,7 @@ def _random_point(
 
 
 def _hits(
-    table: Gradients, probes: Sequence[_Probe], floor: Mapping[str, Any]
+    table: Gradients, probes: Sequence[_Probe], floor: Mapping[str, float | jax.Array]
 ) -> dict[tuple[str, str], np.ndarray]:
     """(site, local) -> (K, size) booleans: the entries above RTOL times a reference.
 
@@ -764,8 +824,8 @@ def _dependencies(problem: _Problem, design: _Design) -> tuple[set[_Edge], set[_
     """Coupling edges (between local latents of different data) and data edges."""
     directions, swaps = _probes(problem, design)
     names = list(problem.locals)
-    real = [item.label for item in problem.inputs if not item.discrete]
-    discrete = [item.label for item in problem.inputs if item.discrete]
+    real = [problem.inputs[i].label for i in _positions(problem, discrete=False)]
+    discrete = [problem.inputs[i].label for i in _positions(problem, discrete=True)]
     coupling: set[_Edge] = set()
     data: set[_Edge] = set()
     for tables in _evaluate_points(problem, design, directions, swaps):
@@ -780,11 +840,14 @@ def _dependencies(problem: _Problem, design: _Design) -> tuple[set[_Edge], set[_
         if tables.swaps is not None:
             for (term, local), hits in _hits(tables.swaps, swaps, tables.magnitude).items():
                 for probe, row in zip(swaps, hits, strict=True):
-                    data |= _data_edges(local, discrete[probe.slot], term, probe, row, design.probes)
+                    source = discrete[probe.slot]
+                    data |= _data_edges(local, source, term, probe, row, design.probes)
     return coupling, data
 
 
-def _coupling_edges(local: str, other: str, term: str, probe: _Probe, row: np.ndarray) -> set[_Edge]:
+def _coupling_edges(
+    local: str, other: str, term: str, probe: _Probe, row: np.ndarray
+) -> set[_Edge]:
     """Edges from the Hessian column ``row`` (over data) of ``other`` along ``local`` at the
     probe's datum: every other datum with a non-zero mixed partial."""
     n = probe.center
@@ -800,33 +863,27 @@ def _data_edges(
     return {_Edge(local, source, term, n, probe.center - n) for n in probes if row[n]}
 
 
-def _window(local: str, edges: Sequence[_Edge], design: _Design, size: int) -> _Window:
-    """The fixed window of offsets the optimal factor of ``local`` depends on, if there is one.
+def _window(local: str, edges: Sequence[_Edge], size: int) -> _Window:
+    """The window of offsets the optimal factor of ``local`` depends on, if there is one.
 
-    The window is read on interior data (whose neighbours at every offset seen anywhere exist,
-    Remark 3.7) and must be the same for all of them (translation invariance).
+    The window is the union of the offsets found at every probed datum: data at the ends lack
+    some neighbours (Remark 3.7), and masks or discrete data can make a dependency vanish at
+    some data, so the sets need not be equal. There is no fixed window (the dependency is
+    dense) when it reaches beyond the probed neighbourhood or spans the whole analysed series.
     """
     if any(e.offset is None for e in edges):
         sources = sorted({e.source for e in edges if e.offset is None})
-        return _Window(local, {}, f"depends on {_join(sources)} beyond {design.window} data away")
-    offsets = [e.offset for e in edges] or [0]
-    low, high = min(offsets), max(offsets)
-    if high - low >= max(size - 1, 2):
+        return _Window(local, {}, f"depends on {_join(sources)} beyond {WINDOW} data away")
+    offsets = {e.offset for e in edges}
+    if offsets and max(offsets) - min(offsets) >= max(size - 1, 2):
         return _Window(
-            local, {}, f"depends on {_describe_sources(edges)}: the whole analysed "
-            f"series of {size} data",
-        )
-    interior = [n for n in design.probes if n + low >= 0 and n + high < size]
-    signatures = {n: frozenset((e.source, e.offset) for e in edges if e.datum == n) for n in interior}
-    if not interior or len(set(signatures.values())) > 1:
-        return _Window(
-            local, {}, f"depends on {_describe_sources(edges)}, offsets that change from datum "
-            "to datum",
+            local,
+            {},
+            f"depends on {_describe_sources(edges)}: the whole analysed series of {size} data",
         )
     links: dict[tuple[str, int], set[str]] = {}
     for e in edges:
-        if e.datum in interior:
-            links.setdefault((e.source, e.offset), set()).add(e.term)
+        links.setdefault((e.source, e.offset), set()).add(e.term)
     return _Window(local, {k: frozenset(v) for k, v in links.items()}, None)
 
 
@@ -834,11 +891,13 @@ def _window(local: str, edges: Sequence[_Edge], design: _Design, size: int) -> _
 
 
 def _join(words: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
     words = list(words)
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _offsets_phrase(offsets: Iterable[int]) -> str:
+    """'offset 0', 'offsets -1 and 0', or a range when there are many."""
     offsets = sorted(set(offsets))
     if len(offsets) > 6:
         return f"{len(offsets)} offsets from {offsets[0]} to {offsets[-1]}"
@@ -847,6 +906,7 @@ def _offsets_phrase(offsets: Iterable[int]) -> str:
 
 
 def _describe_sources(edges: Sequence[_Edge]) -> str:
+    """Each source of the edges with its offsets."""
     by_source: dict[str, set[int]] = {}
     for e in edges:
         by_source.setdefault(e.source, set()).add(e.offset)
@@ -854,6 +914,7 @@ def _describe_sources(edges: Sequence[_Edge]) -> str:
 
 
 def _term_phrase(problem: _Problem, local: str, term: str) -> str:
+    """The factor of the joint a site contributes, seen from the local latent ``local``."""
     kind = problem.sites[term].kind
     if term == local:
         return "its prior"
@@ -865,17 +926,21 @@ def _term_phrase(problem: _Problem, local: str, term: str) -> str:
 
 
 def _through(problem: _Problem, local: str, terms: Iterable[str]) -> str:
+    """'through its prior and the likelihood of 'x''."""
     return "through " + _join([_term_phrase(problem, local, t) for t in sorted(set(terms))])
 
 
 def _scope(problem: _Problem) -> str:
+    """The explanation's opening: the plate, N, what was analysed, locals outside the plate."""
     head = f"Data plate '{problem.plate}' (N = {problem.num_data})"
     if problem.size < problem.num_data:
         head += f", analysed on its first {problem.size} data"
     elif problem.size > SUB_SIZE:
-        design = _design(problem.size)
-        probes = _join([str(p) for p in design.probes])
-        head += f", analysed on all data (the model does not re-run on fewer), probing data {probes}"
+        probes = _join([str(p) for p in _design(problem.size).probes])
+        head += (
+            ", analysed on all data (the model does not re-run on fewer data), probing data "
+            f"{probes} within {WINDOW} neighbours"
+        )
     head += "."
     for name in problem.disguised:
         head += (
@@ -886,6 +951,7 @@ def _scope(problem: _Problem) -> str:
 
 
 def _no_locals_report(problem: _Problem) -> StructureReport:
+    """The verdict for a model whose latents are all global."""
     return StructureReport(
         "simple-hierarchical",
         (0,),
@@ -896,12 +962,14 @@ def _no_locals_report(problem: _Problem) -> StructureReport:
 
 
 def _coupled_report(problem: _Problem, edges: set[_Edge]) -> StructureReport:
+    """The verdict when local latents of different data are coupled (Proposition 3.8)."""
     groups: dict[tuple[str, str], list[_Edge]] = {}
     for e in edges:
         groups.setdefault((e.local, e.source), []).append(e)
     details = [
         f"local latent '{local}' is coupled to '{other}' of other data at "
-        f"{_offsets_phrase(e.offset for e in group)} {_through(problem, local, (e.term for e in group))}"
+        f"{_offsets_phrase(e.offset for e in group)} "
+        f"{_through(problem, local, (e.term for e in group))}"
         for (local, other), group in sorted(groups.items())
     ]
     free = sorted(set(problem.locals) - {e.local for e in edges} - {e.source for e in edges})
@@ -922,6 +990,7 @@ def _coupled_report(problem: _Problem, edges: set[_Edge]) -> StructureReport:
 
 
 def _links_phrase(problem: _Problem, window: _Window) -> str:
+    """What a local latent's optimal factor depends on, source by source."""
     if not window.links:
         return f"'{window.local}' depends on no data (only on the globals)"
     by_source: dict[str, list[tuple[int, frozenset[str]]]] = {}
@@ -936,6 +1005,7 @@ def _links_phrase(problem: _Problem, window: _Window) -> str:
 
 
 def _window_report(problem: _Problem, windows: Sequence[_Window]) -> StructureReport:
+    """The verdict for uncoupled local latents: dense, simple hierarchical or expanded domain."""
     dense = [w for w in windows if w.problem is not None]
     if dense:
         details = "; ".join(f"local latent '{w.local}' {w.problem}" for w in dense)
@@ -962,11 +1032,10 @@ def _window_report(problem: _Problem, windows: Sequence[_Window]) -> StructureRe
     return StructureReport(
         "expanded-domain",
         inputs,
-        f"{_scope(problem)} {details}, the same for every interior datum; no local latent is "
-        "coupled to another datum's. The model is not simple hierarchical, so no inference "
-        "function of the datum alone is ideal (Theorem 3.4), but each optimal factor (Lemma 3.1) "
-        f"depends on the data at fixed offsets, so an ideal function of the window {inputs} "
-        "exists, as for the paper's saw model: use avi.Amortized(encoder, "
-        f"inputs=avi.Window(offsets={inputs})). Data at the ends lack part of the window and "
-        "keep their own factors (Remark 3.7).",
+        f"{_scope(problem)} {details}; no local latent is coupled to another datum's. The "
+        "model is not simple hierarchical, so no inference function of the datum alone is "
+        "ideal (Theorem 3.4), but each optimal factor (Lemma 3.1) depends on the data at fixed "
+        f"offsets, so an ideal function of the window {inputs} exists, as for the paper's saw "
+        f"model: use avi.Amortized(encoder, inputs=avi.Window(offsets={inputs})). Data at the "
+        "ends lack part of the window and keep their own factors (Remark 3.7).",
     )
