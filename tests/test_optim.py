@@ -143,3 +143,21 @@ def test_factorized_minibatch_step_touches_only_the_batch_rows():
         axis=0,
     )
     assert 1 <= changed.sum() <= 5
+
+
+def test_init_starts_from_given_parameters_and_is_checked():
+    from avi.elbo import VariationalParams
+
+    x = linear.simulate(300, seed=0)
+    amortized = avi.fit(linear.model, x, family=avi.Amortized(avi.Polynomial(1)), progress=False)
+    loc, log_scale = amortized.local_factors()
+    init = VariationalParams(
+        amortized.params.global_loc, amortized.params.global_log_scale,
+        {"loc": loc, "log_scale": log_scale},
+    )
+    refined = avi.fit(linear.model, x, family="factorized", init=init, num_steps=1,
+                      optimizer=optax.sgd(0.0), progress=False)
+    np.testing.assert_array_equal(np.asarray(refined.local_factors()[0]), np.asarray(loc))
+    with pytest.raises(avi.AviError, match="init must be avi VariationalParams"):
+        avi.fit(linear.model, x, family="factorized", init=amortized.params, num_steps=1,
+                progress=False)

@@ -308,6 +308,32 @@ def settings_batch_size(batch_size: int | None, num_data: int, family: Family) -
     return None if batch_size == num_data else int(batch_size)
 
 
+def _checked_init(init: Any, params: VariationalParams) -> VariationalParams:
+    """``init`` if it matches the structure and shapes of ``params``.
+
+    Raises:
+        AviError: it does not.
+    """
+    expected = jax.tree_util.tree_map(jnp.shape, eqx.filter(params, eqx.is_array))
+    given = (
+        jax.tree_util.tree_map(jnp.shape, eqx.filter(init, eqx.is_array))
+        if isinstance(init, VariationalParams)
+        else None
+    )
+    if given != expected:
+        raise AviError(
+            "init must be avi VariationalParams with the family's structure and shapes "
+            f"{expected}; got {given if given is not None else type(init).__name__}."
+        )
+    return jax.tree_util.tree_map(
+        lambda given_leaf, own: jnp.asarray(given_leaf, dtype=own.dtype)
+        if eqx.is_array(own)
+        else own,
+        init,
+        params,
+    )
+
+
 def _initial_params(
     key: jax.Array, traced: TracedModel, family: Family, problem: Problem
 ) -> VariationalParams:
@@ -337,6 +363,7 @@ def fit(
     chunk_size: int = 100,
     callback: Callback | None = None,
     devices: Sequence[jax.Device] | None = None,
+    init: VariationalParams | None = None,
     **kwargs: Any,
 ) -> Fit:
     """Fit ``model(*args, **kwargs)`` by maximising the ELBO over a variational family.
@@ -399,6 +426,8 @@ def fit(
     )
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     params = _initial_params(init_key, traced, family, problem)
+    if init is not None:
+        params = _checked_init(init, params)
     mesh = data_mesh(devices, layout.num_data)
     if mesh is not None:
         problem = shard_rows(problem, layout.num_data, mesh)
