@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -29,10 +30,20 @@ from avi.model import (
     check_minibatchable,
     per_datum_features,
     trace_model,
+    validate_arguments,
 )
 from avi.parallel import data_mesh, shard_rows
+from avi.stream import (
+    TRACE_ROWS,
+    BatchSource,
+    check_streamable,
+    is_streamed,
+    prefix,
+    streamed_length,
+)
 from avi.optim import (
     OptState,
+    batch_problem,
     StepSettings,
     StopRule,
     default_optimizer,
@@ -104,6 +115,7 @@ class Fit:
     scaling: FeatureScaling
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    streamed: bool = False
 
     @property
     def num_parameters(self) -> int:
@@ -120,6 +132,7 @@ class Fit:
                 data lacking a Window neighbour.
         """
         if not args and not kwargs:
+            self._check_in_memory("the training data's factors")
             return self.family.local_params(self.params.local, self.problem.local_data, None)
         if not self.family.infers_new_data:
             raise FamilyError(
@@ -143,6 +156,13 @@ class Fit:
                 "give. Pass the preceding data too and drop those rows from the result."
             )
         return self.family.local_params(self.params.local, local_data, None)
+
+    def _check_in_memory(self, what: str) -> None:
+        if self.streamed:
+            raise FamilyError(
+                f"This fit streamed its data from a memory map, so {what} are not held in memory; "
+                "pass rows of the data explicitly, e.g. fit.posterior(x[start:stop])."
+            )
 
     def posterior(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
         """The variational posterior per latent site, in the model's constrained space.
@@ -219,6 +239,7 @@ class Fit:
 
     def elbo_draws(self, num_particles: int, seed: int = 0) -> np.ndarray:
         """Per-draw full-data ELBO estimates, computed in groups that bound memory."""
+        self._check_in_memory("full-data ELBO draws")
         layout = self.traced.layout
         group = max(1, min(num_particles, int(2e7 // max(1, layout.num_data * max(1, layout.local_dim)))))
         keys = jax.random.split(jax.random.PRNGKey(seed), math.ceil(num_particles / group))
@@ -306,6 +327,65 @@ def settings_batch_size(batch_size: int | None, num_data: int, family: Family) -
             return None
         return AUTO_BATCH_SIZE
     return None if batch_size == num_data else int(batch_size)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A traced model with its compiled-problem inputs and, for streamed data, the source."""
+
+    traced: TracedModel
+    problem: Problem
+    scaling: FeatureScaling
+    batch_size: int | None
+    source: BatchSource | None
+
+
+def _device_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]):
+    as_device = lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a  # noqa: E731
+    return tuple(as_device(a) for a in args), {k: as_device(a) for k, a in kwargs.items()}
+
+
+def _prepare_in_memory(model, args, kwargs, plate, family, batch_size, chunk_size, seed) -> _Prepared:
+    """Trace on all data; per-datum data and features live on the device."""
+    traced = trace_model(model, args, kwargs, plate=plate)
+    layout = traced.layout
+    step_batch_size = settings_batch_size(batch_size, layout.num_data, family)
+    if step_batch_size is not None:
+        try:
+            check_minibatchable(traced)
+        except ModelError:
+            if batch_size is not None:
+                raise
+            step_batch_size = None  # the automatic choice falls back to the full batch
+    raw_features = per_datum_features(traced, args, kwargs)
+    scaling = FeatureScaling.from_features(raw_features)
+    device_args, device_kwargs = _device_arguments(args, kwargs)
+    problem = Problem(
+        model, layout, family, device_args, device_kwargs, family.prepare(scaling.apply(raw_features))
+    )
+    return _Prepared(traced, problem, scaling, step_batch_size, None)
+
+
+def _prepare_streamed(model, args, kwargs, plate, family, batch_size, chunk_size, seed) -> _Prepared:
+    """Trace on a prefix of memory-mapped data; minibatches are read from the map per chunk."""
+    num_data = streamed_length(args, kwargs)
+    validate_arguments(args, kwargs)
+    args_prefix, kwargs_prefix = prefix(args, kwargs, num_data, TRACE_ROWS)
+    on_prefix = trace_model(model, args_prefix, kwargs_prefix, plate=plate)
+    check_streamable(on_prefix, family, args_prefix)
+    check_minibatchable(on_prefix)
+    prefix_features = per_datum_features(on_prefix, args_prefix, kwargs_prefix)
+    layout = dataclasses.replace(on_prefix.layout, num_data=num_data)
+    traced = dataclasses.replace(on_prefix, layout=layout)
+    step_batch_size = settings_batch_size(batch_size, num_data, family) or min(
+        num_data, AUTO_BATCH_SIZE
+    )
+    source = BatchSource(layout, args, kwargs, step_batch_size, chunk_size, seed)
+    scaling = FeatureScaling(source.mean, source.std)
+    device_args, device_kwargs = _device_arguments(args_prefix, kwargs_prefix)
+    local_data = family.prepare(scaling.apply(prefix_features))
+    problem = Problem(model, layout, family, device_args, device_kwargs, local_data)
+    return _Prepared(traced, problem, scaling, step_batch_size, source)
 
 
 def _checked_init(init: Any, params: VariationalParams) -> VariationalParams:
@@ -401,29 +481,14 @@ def fit(
         The :class:`Fit`.
     """
     family = as_family(family)
-    traced = trace_model(model, args, kwargs, plate=plate)
-    layout = traced.layout
-    _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles, optimizer)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise AviError(f"chunk_size={chunk_size!r}: give a positive integer.")
-    step_batch_size = settings_batch_size(batch_size, layout.num_data, family)
-    if step_batch_size is not None:
-        try:
-            check_minibatchable(traced)
-        except ModelError:
-            if batch_size is not None:
-                raise
-            step_batch_size = None  # the automatic choice falls back to the full batch
-    raw_features = per_datum_features(traced, args, kwargs)
-    scaling = FeatureScaling.from_features(raw_features)
-    problem = Problem(
-        model=model,
-        layout=layout,
-        family=family,
-        args=tuple(jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in args),
-        kwargs={k: jnp.asarray(a) if isinstance(a, np.ndarray) else a for k, a in kwargs.items()},
-        local_data=family.prepare(scaling.apply(raw_features)),
-    )
+    prepare = _prepare_streamed if is_streamed(args, kwargs) else _prepare_in_memory
+    prepared = prepare(model, args, kwargs, plate, family, batch_size, chunk_size, seed)
+    traced, problem, scaling = prepared.traced, prepared.problem, prepared.scaling
+    layout = traced.layout
+    _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles, optimizer)
+    step_batch_size = prepared.batch_size
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     params = _initial_params(init_key, traced, family, problem)
     if init is not None:
@@ -444,7 +509,8 @@ def fit(
     stop_rule = StopRule(tol, stages=3 if anneal else 1) if num_steps is None else None
     optimizer = optimizer if optimizer is not None else default_optimizer()
     state, history, converged, wall_time = _optimise(
-        problem, optimizer, settings, params, run_key, total, stop_rule, progress, callback
+        problem, optimizer, settings, params, run_key, total, stop_rule, progress, callback,
+        prepared.source,
     )
     return Fit(
         traced=traced,
@@ -458,6 +524,7 @@ def fit(
         scaling=scaling,
         args=tuple(args),
         kwargs=dict(kwargs),
+        streamed=prepared.source is not None,
     )
 
 
@@ -471,14 +538,18 @@ def _optimise(
     stop_rule: StopRule | None,
     progress: bool,
     callback: Callback | None,
+    source: BatchSource | None,
 ) -> tuple[OptState, History, bool, float]:
     state = init_state(params, optimizer, problem.family.table_keys)
     key, check_key, subset_key = jax.random.split(key, 3)
-    check_index = (
-        evaluation_index(subset_key, problem.layout.num_data, settings.batch_size)
-        if stop_rule is not None
-        else None
-    )
+    check_problem, check_index = problem, None
+    if stop_rule is not None and source is not None:
+        subset = np.random.default_rng(int(jax.random.randint(subset_key, (), 0, 2**31 - 1)))
+        rows = subset.integers(0, problem.layout.num_data, 16 * source.batch_size)
+        check_problem = batch_problem(problem, source.rows(rows))
+    elif stop_rule is not None:
+        check_index = evaluation_index(subset_key, problem.layout.num_data, settings.batch_size)
+    next_batches = source.chunk() if source is not None else None
     paused = 0.0
     total_steps = jnp.asarray(total, jnp.int32)
     steps, elbos, times = [], [], []
@@ -489,9 +560,12 @@ def _optimise(
         while done < total:
             key, chunk_key = jax.random.split(key)
             scale = jnp.asarray(stop_rule.learning_rate_scale if stop_rule else 1.0, jnp.float32)
+            batches = next_batches
             state, info = run_chunk(
-                problem, optimizer, settings, total_steps, scale, state, chunk_key
+                problem, optimizer, settings, total_steps, scale, state, chunk_key, batches
             )
+            if source is not None:  # read the next chunk while the device works on this one
+                next_batches = source.chunk()
             taken = min(settings.chunk_size, total - done)
             done += taken
             chunk_elbo = np.asarray(info.elbo)[:taken]
@@ -509,7 +583,7 @@ def _optimise(
             bar.update(taken)
             bar.set_postfix(elbo=f"{mean_elbo:.4g}")
             if stop_rule is not None and stop_rule.update(
-                float(evaluate(check_key, state.params, problem, check_index))
+                float(evaluate(check_key, state.params, check_problem, check_index))
             ):
                 converged = True
                 break

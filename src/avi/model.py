@@ -129,6 +129,10 @@ def _is_array(value: Any) -> bool:
     return isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) >= 0
 
 
+VALIDATION_BLOCK = 1 << 20
+"""Rows checked at a time, so that a memory-mapped argument is never read whole."""
+
+
 def validate_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Reject arrays holding NaN or inf, naming the argument.
 
@@ -138,12 +142,16 @@ def validate_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     for position, value in _iterate_arguments(args, kwargs):
         if not _is_array(value) or not jnp.issubdtype(jnp.result_type(value), jnp.inexact):
             continue
-        finite = np.isfinite(np.asarray(value))
-        if not finite.all():
-            bad = np.argwhere(~finite)[0]
+        blocks = range(0, len(value), VALIDATION_BLOCK) if np.ndim(value) else [None]
+        for start in blocks:
+            block = np.asarray(value if start is None else value[start : start + VALIDATION_BLOCK])
+            finite = np.isfinite(block)
+            if finite.all():
+                continue
+            bad = np.argwhere(~finite)[0] + np.eye(1, finite.ndim, 0, dtype=int)[0] * (start or 0)
             raise DataError(
-                f"{_describe_argument(position)} holds {int((~finite).sum())} non-finite "
-                f"value(s) (NaN or inf), first at index {tuple(int(i) for i in bad)}. "
+                f"{_describe_argument(position)} holds non-finite value(s) (NaN or inf), first "
+                f"at index {tuple(int(i) for i in bad)}. "
                 "Remove or impute them; for missing observations, pass a boolean mask to the "
                 "model and use `numpyro.handlers.mask` or `dist.mask(...)` on the likelihood."
             )

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from avi.elbo import Problem, VariationalParams, elbo_draws
+from avi.families import LocalData
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,32 @@ class OptState(NamedTuple):
     dense_state: Any
     table_state: Any
     step: jax.Array
+
+
+class StreamedBatch(NamedTuple):
+    """One step's minibatch gathered on the host (data streamed from a memory map).
+
+    Attributes:
+        args: position -> the batch's rows of that per-datum positional argument.
+        kwargs: name -> the batch's rows of that per-datum keyword argument.
+        features: (B, F) standardized encoder inputs of the batch.
+    """
+
+    args: dict[int, jax.Array]
+    kwargs: dict[str, jax.Array]
+    features: jax.Array
+
+
+def batch_problem(problem: Problem, batch: StreamedBatch) -> Problem:
+    """The problem restricted to a streamed batch: its rows stand in for the per-datum data.
+
+    The layout keeps the full N, so the ELBO scales the batch's terms by N / B.
+    """
+    args = tuple(batch.args.get(i, a) for i, a in enumerate(problem.args))
+    kwargs = {k: batch.kwargs.get(k, a) for k, a in problem.kwargs.items()}
+    rows = batch.features.shape[0]
+    local_data = LocalData(batch.features, jnp.full((rows,), -1, jnp.int32))
+    return Problem(problem.model, problem.layout, problem.family, args, kwargs, local_data)
 
 
 class ChunkInfo(NamedTuple):
@@ -132,10 +159,14 @@ def _step(
     learning_rate_scale: jax.Array,
     state: OptState,
     key: jax.Array,
+    streamed: StreamedBatch | None = None,
 ) -> tuple[OptState, ChunkInfo]:
     batch_key, draw_key = jax.random.split(key)
     num_data = problem.layout.num_data
-    if settings.batch_size is None:
+    if streamed is not None:
+        problem = batch_problem(problem, streamed)
+        index = None
+    elif settings.batch_size is None:
         index = None
     else:
         index = jax.random.randint(batch_key, (settings.batch_size,), 0, num_data)
@@ -193,11 +224,15 @@ def _run_chunk(
     learning_rate_scale: jax.Array,
     state: OptState,
     key: jax.Array,
+    batches: StreamedBatch | None = None,
 ) -> tuple[OptState, ChunkInfo]:
     keys = jax.random.split(key, settings.chunk_size)
     arrays, static = eqx.partition(state, eqx.is_array)
 
-    def body(carry: OptState, step_key: jax.Array) -> tuple[OptState, ChunkInfo]:
+    def body(
+        carry: OptState, inputs: tuple[jax.Array, StreamedBatch | None]
+    ) -> tuple[OptState, ChunkInfo]:
+        step_key, streamed = inputs
         new_state, info = _step(
             problem,
             optimizer,
@@ -206,15 +241,17 @@ def _run_chunk(
             learning_rate_scale,
             eqx.combine(carry, static),
             step_key,
+            streamed,
         )
         return eqx.filter(new_state, eqx.is_array), info
 
-    arrays, info = jax.lax.scan(body, arrays, keys)
+    arrays, info = jax.lax.scan(body, arrays, (keys, batches))
     return eqx.combine(arrays, static), info
 
 
 run_chunk: Callable[..., tuple[OptState, ChunkInfo]] = eqx.filter_jit(_run_chunk)
-"""The compiled chunk: ``run_chunk(problem, optimizer, settings, total, lr_scale, state, key)``.
+"""The compiled chunk: ``run_chunk(problem, optimizer, settings, total, lr_scale, state, key,
+batches=None)``; ``batches`` stacks one :class:`StreamedBatch` per step (streamed data).
 
 ``lr_scale`` multiplies every update (the stop rule's annealing stages); ``total`` masks steps
 past the requested count."""
