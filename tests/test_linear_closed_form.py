@@ -2,9 +2,11 @@
 
 Tolerances. The ELBO of a fit is computed *exactly* from its variational parameters
 (:func:`avi.experiments.linear.elbo`), so the "within 1 nat" checks carry no Monte Carlo error.
-The ELBO is flat in the scale of q(theta): a 10% error in sd(theta) costs
-0.5 * log(1.1)^2 * 2 ~ 0.01 nats, which the stop rule cannot resolve, hence 15% on that sd.
-The local factors are pinned much harder (N of them share the ELBO), hence 2% on their sd.
+The ELBO is flat in the scale of q(theta): its curvature in log sd(theta) is 2, so a 25% error
+in sd(theta) costs log(1.25)^2 ~ 0.05 nats, far below what a one-draw stop rule resolves, and
+the one-draw gradient in that direction is dominated by the noise of all N data; the default
+fits are held to 25% on that sd, and a 32-draw fit to 5%. The local factors are pinned much
+harder (N of them share the ELBO), hence 2% on their sd.
 """
 
 from __future__ import annotations
@@ -54,12 +56,19 @@ def test_posterior_moments_match_closed_form(fits, linear_optimum, name):
     theta, z = posterior["theta"], posterior["z"]
     sd_theta = float(np.sqrt(linear_optimum.theta.var))
     assert abs(float(theta.loc) - float(linear_optimum.theta.mean)) < 0.2 * sd_theta
-    assert float(theta.scale) == pytest.approx(sd_theta, rel=0.15)
+    assert float(theta.scale) == pytest.approx(sd_theta, rel=0.25)
     sd_z = np.sqrt(linear_optimum.z.var)
     assert z.loc.shape == (linear.NUM_DATA,)
     # Means within 0.05 posterior sd for every datum; sds within 2%.
     assert np.max(np.abs(np.asarray(z.loc) - linear_optimum.z.mean) / sd_z) < 0.05
     np.testing.assert_allclose(np.asarray(z.scale), sd_z, rtol=0.02)
+
+
+def test_global_scale_with_more_draws(linear_data, linear_optimum):
+    fit = avi.fit(linear.model, linear_data, family=avi.Amortized(avi.Polynomial(1)),
+                  num_particles=32, progress=False)
+    sd_theta = float(np.sqrt(linear_optimum.theta.var))
+    assert float(fit.posterior()["theta"].scale) == pytest.approx(sd_theta, rel=0.05)
 
 
 def test_constant_family_falls_short_by_the_closed_form_gap(fits, linear_data, linear_optimum):
