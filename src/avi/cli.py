@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-particles", type=int, default=1000, help="draws for the ELBO")
     demo.add_argument("--no-progress", dest="progress", action="store_false")
     demo.set_defaults(handler=_demo)
+    from avi.reproduce import add_reproduce_command
+    add_reproduce_command(commands)
+    from avi.bench.runner import add_bench_command
+
+    add_bench_command(commands)
     return parser
 
 

@@ -11,7 +11,8 @@ Run sizes (decided here; the paper has one size per experiment):
 * ``medium``: the paper's iterations and learning rates on smaller data with fewer draws.
 * ``quick``: all five experiments in under ten minutes on two CPU cores (``avi reproduce all
   --quick``): smaller data, fewer iterations, 10 draws per step.
-* ``tiny``: seconds per experiment, for the default test suite; findings are not expected.
+* ``tiny``: seconds per experiment, for the default test suite: F-VI and one amortized family,
+  tiny data, a few hundred iterations; findings are not expected.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ class Setup:
         eval_particles: draws of the final ELBO estimate (common random numbers across families).
         settings: one line saying the sizes of this run against the paper's.
         check_claims: computes the experiment-level claims from the run's tables.
-        exact_elbo: the ELBO of a fit in closed form, where the model allows it; it replaces
-            the Monte Carlo estimate in the verdicts (no Monte Carlo error).
+        exact_elbo: the ELBO of a fit in closed form, where the model allows it; recorded
+            beside the Monte Carlo estimate (columns exact_elbo, exact_gap), which the verdicts
+            use, as for every experiment.
         metrics: extra numbers per fit (e.g. reconstruction MSE), added as columns.
         chunk_size: steps per recorded point of the ELBO path; 20 makes each point the mean
             loss over 20 consecutive iterations, the paper's +-10-iteration running mean.
@@ -151,6 +153,15 @@ class Setup:
         )
         labels = [spec.label for spec in self.families]
         assert len(set(labels)) == len(labels), f"duplicate family labels in {labels}"
+
+
+def keep(families: tuple[FamilySpec, ...], labels: tuple[str, ...] | None) -> tuple[FamilySpec, ...]:
+    """The F-VI reference and the families named in ``labels`` (every family when None)."""
+    if labels is None:
+        return families
+    missing = set(labels) - {spec.label for spec in families}
+    assert not missing, f"unknown family labels {missing}"
+    return tuple(s for s in families if s.label == REFERENCE_LABEL or s.label in labels)
 
 
 def fit_options(setup: Setup, spec: FamilySpec) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from avi.experiments.common import (
     Setup,
     check_size,
     family_row,
+    keep,
 )
 
 LEARNING_RATE = 1e-2
@@ -65,14 +66,14 @@ class _Scale(NamedTuple):
     num_data: int
     num_steps: int
     num_particles: int
-    widths: tuple[int, ...]
+    families: tuple[str, ...] | None = None
 
 
 _SCALES = {
-    "tiny": _Scale(200, 300, 2, (1, 4)),
-    "quick": _Scale(1_000, 5_000, 10, WIDTHS),
-    "medium": _Scale(10_000, 20_000, 10, WIDTHS),
-    "full": _Scale(10_000, 20_000, 100, WIDTHS),
+    "tiny": _Scale(200, 300, 2, ("A-VI MLP k=4",)),
+    "quick": _Scale(1_000, 5_000, 4),
+    "medium": _Scale(10_000, 20_000, 1),
+    "full": _Scale(10_000, 20_000, 100),
 }
 
 
@@ -80,7 +81,7 @@ def _label(width: int) -> str:
     return f"A-VI MLP k={width}"
 
 
-def _families(widths: tuple[int, ...]) -> tuple[FamilySpec, ...]:
+def _families(widths: tuple[int, ...] = WIDTHS) -> tuple[FamilySpec, ...]:
     mlps = tuple(
         FamilySpec(
             _label(k),
@@ -146,7 +147,7 @@ def setup(size: str = "full") -> Setup:
         model=model,
         args=(x,),
         num_data=scale.num_data,
-        families=_families(scale.widths),
+        families=keep(_families(), scale.families),
         num_steps=scale.num_steps,
         num_particles=scale.num_particles,
         batch_size=None,
