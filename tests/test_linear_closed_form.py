@@ -65,8 +65,13 @@ def test_posterior_moments_match_closed_form(fits, linear_optimum, name):
 
 
 def test_global_scale_with_more_draws(linear_data, linear_optimum):
-    fit = avi.fit(linear.model, linear_data, family=avi.Amortized(avi.Polynomial(1)),
-                  num_particles=32, progress=False)
+    fit = avi.fit(
+        linear.model,
+        linear_data,
+        family=avi.Amortized(avi.Polynomial(1)),
+        num_particles=32,
+        progress=False,
+    )
     sd_theta = float(np.sqrt(linear_optimum.theta.var))
     assert float(fit.posterior()["theta"].scale) == pytest.approx(sd_theta, rel=0.05)
 

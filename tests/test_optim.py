@@ -66,8 +66,13 @@ def test_one_fit_compiles_its_chunk_once():
     logger.setLevel(logging.DEBUG)
     try:
         with jax.log_compiles(True):
-            avi.fit(linear.model, linear.simulate(77), family="factorized", num_steps=350,
-                    progress=False)
+            avi.fit(
+                linear.model,
+                linear.simulate(77),
+                family="factorized",
+                num_steps=350,
+                progress=False,
+            )
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -122,15 +127,20 @@ def test_divergence_guard_raises_a_clear_error():
     x = np.linspace(-1, 1, 10).astype(np.float32)
     with pytest.raises(avi.DivergenceError, match="Lower the learning rate"):
         avi.fit(
-            exploding_model, x, family="constant", optimizer=optax.sgd(1e30), num_steps=300,
+            exploding_model,
+            x,
+            family="constant",
+            optimizer=optax.sgd(1e30),
+            num_steps=300,
             progress=False,
         )
 
 
 def test_user_optimizer_is_used_as_given():
     x = linear.simulate(200, seed=0)
-    fit = avi.fit(linear.model, x, family="constant", optimizer=optax.sgd(0.0), num_steps=50,
-                  progress=False)
+    fit = avi.fit(
+        linear.model, x, family="constant", optimizer=optax.sgd(0.0), num_steps=50, progress=False
+    )
     assert float(fit.params.local["loc"][0]) == 0.0
 
 
@@ -138,8 +148,12 @@ def test_factorized_minibatch_step_touches_only_the_batch_rows():
     x = linear.simulate(100, seed=0)
     fit = avi.fit(linear.model, x, family="factorized", batch_size=5, num_steps=1, progress=False)
     changed = np.any(
-        np.stack([np.asarray(fit.params.local["loc"][:, 0]) != 0.0,
-                  np.asarray(fit.params.local["log_scale"][:, 0]) != np.float32(np.log(0.1))]),
+        np.stack(
+            [
+                np.asarray(fit.params.local["loc"][:, 0]) != 0.0,
+                np.asarray(fit.params.local["log_scale"][:, 0]) != np.float32(np.log(0.1)),
+            ]
+        ),
         axis=0,
     )
     assert 1 <= changed.sum() <= 5
@@ -152,12 +166,21 @@ def test_init_starts_from_given_parameters_and_is_checked():
     amortized = avi.fit(linear.model, x, family=avi.Amortized(avi.Polynomial(1)), progress=False)
     loc, log_scale = amortized.local_factors()
     init = VariationalParams(
-        amortized.params.global_loc, amortized.params.global_log_scale,
+        amortized.params.global_loc,
+        amortized.params.global_log_scale,
         {"loc": loc, "log_scale": log_scale},
     )
-    refined = avi.fit(linear.model, x, family="factorized", init=init, num_steps=1,
-                      optimizer=optax.sgd(0.0), progress=False)
+    refined = avi.fit(
+        linear.model,
+        x,
+        family="factorized",
+        init=init,
+        num_steps=1,
+        optimizer=optax.sgd(0.0),
+        progress=False,
+    )
     np.testing.assert_array_equal(np.asarray(refined.local_factors()[0]), np.asarray(loc))
     with pytest.raises(avi.AviError, match="init must be avi VariationalParams"):
-        avi.fit(linear.model, x, family="factorized", init=amortized.params, num_steps=1,
-                progress=False)
+        avi.fit(
+            linear.model, x, family="factorized", init=amortized.params, num_steps=1, progress=False
+        )

@@ -102,7 +102,9 @@ def elbo_draws(
         args, kwargs = slice_arguments(layout, problem.args, problem.kwargs, index)
     log_p = jax.vmap(lambda t, zz: log_joint(problem.model, layout, args, kwargs, t, zz))(theta, z)
     if not stop_gradient_entropy_params:
-        entropy = gaussian_entropy(params.global_log_scale) + data_scale * gaussian_entropy(log_scale)
+        entropy = gaussian_entropy(params.global_log_scale) + data_scale * gaussian_entropy(
+            log_scale
+        )
         return log_p + entropy
     frozen_global = jax.lax.stop_gradient((params.global_loc, params.global_log_scale))
     frozen_local = jax.lax.stop_gradient((loc, log_scale))

@@ -94,7 +94,10 @@ class MLP:
         mlp = eqx.tree_at(
             lambda m: (m.layers[-1].weight, m.layers[-1].bias),
             mlp,
-            (last.weight * _OUTPUT_INIT_SCALE, jnp.zeros_like(last.bias).at[out_size:].set(INIT_LOG_SCALE)),
+            (
+                last.weight * _OUTPUT_INIT_SCALE,
+                jnp.zeros_like(last.bias).at[out_size:].set(INIT_LOG_SCALE),
+            ),
         )
         return MLPEncoder(mlp=mlp, out_size=out_size)
 
@@ -108,7 +111,9 @@ class PolynomialEncoder(eqx.Module):
     degree: int = eqx.field(static=True)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        powers = jnp.concatenate([x**k for k in range(1, self.degree + 1)]) if self.degree else x[:0]
+        powers = (
+            jnp.concatenate([x**k for k in range(1, self.degree + 1)]) if self.degree else x[:0]
+        )
         return self.bias + self.weight @ powers, self.log_scale
 
 

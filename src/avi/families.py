@@ -25,6 +25,7 @@ import numpy as np
 from avi.encoders import INIT_LOG_SCALE, MLP, EncoderSpec, check_encoder_output
 from avi.errors import FamilyError
 
+
 class LocalData(NamedTuple):
     """Per-datum inputs of a family, derived once from the training data.
 
@@ -218,4 +219,6 @@ def as_family(family: Any) -> Family:
 
 def count_parameters(params: Any) -> int:
     """Number of scalar variational parameters in a pytree."""
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(eqx.filter(params, eqx.is_array)))
+    return sum(
+        int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(eqx.filter(params, eqx.is_array))
+    )

@@ -241,7 +241,9 @@ class Fit:
         """Per-draw full-data ELBO estimates, computed in groups that bound memory."""
         self._check_in_memory("full-data ELBO draws")
         layout = self.traced.layout
-        group = max(1, min(num_particles, int(2e7 // max(1, layout.num_data * max(1, layout.local_dim)))))
+        group = max(
+            1, min(num_particles, int(2e7 // max(1, layout.num_data * max(1, layout.local_dim))))
+        )
         keys = jax.random.split(jax.random.PRNGKey(seed), math.ceil(num_particles / group))
         draws = [np.asarray(_full_data_draws(k, self.params, self.problem, group)) for k in keys]
         return np.concatenate(draws)[:num_particles]
@@ -250,7 +252,9 @@ class Fit:
         """The variational posterior as an ``arviz.InferenceData`` (one chain of draws)."""
         with warnings.catch_warnings():
             # ArviZ 0.2x announces its coming refactor with a FutureWarning on import.
-            warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning
+            )
             import arviz as az
 
         samples = self.sample(num_samples, seed=seed)
@@ -345,7 +349,9 @@ def _device_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]):
     return tuple(as_device(a) for a in args), {k: as_device(a) for k, a in kwargs.items()}
 
 
-def _prepare_in_memory(model, args, kwargs, plate, family, batch_size, chunk_size, seed) -> _Prepared:
+def _prepare_in_memory(
+    model, args, kwargs, plate, family, batch_size, chunk_size, seed
+) -> _Prepared:
     """Trace on all data; per-datum data and features live on the device."""
     traced = trace_model(model, args, kwargs, plate=plate)
     layout = traced.layout
@@ -361,12 +367,19 @@ def _prepare_in_memory(model, args, kwargs, plate, family, batch_size, chunk_siz
     scaling = FeatureScaling.from_features(raw_features)
     device_args, device_kwargs = _device_arguments(args, kwargs)
     problem = Problem(
-        model, layout, family, device_args, device_kwargs, family.prepare(scaling.apply(raw_features))
+        model,
+        layout,
+        family,
+        device_args,
+        device_kwargs,
+        family.prepare(scaling.apply(raw_features)),
     )
     return _Prepared(traced, problem, scaling, step_batch_size, None)
 
 
-def _prepare_streamed(model, args, kwargs, plate, family, batch_size, chunk_size, seed) -> _Prepared:
+def _prepare_streamed(
+    model, args, kwargs, plate, family, batch_size, chunk_size, seed
+) -> _Prepared:
     """Trace on a prefix of memory-mapped data; minibatches are read from the map per chunk."""
     num_data = streamed_length(args, kwargs)
     validate_arguments(args, kwargs)
@@ -406,9 +419,9 @@ def _checked_init(init: Any, params: VariationalParams) -> VariationalParams:
             f"{expected}; got {given if given is not None else type(init).__name__}."
         )
     return jax.tree_util.tree_map(
-        lambda given_leaf, own: jnp.asarray(given_leaf, dtype=own.dtype)
-        if eqx.is_array(own)
-        else own,
+        lambda given_leaf, own: (
+            jnp.asarray(given_leaf, dtype=own.dtype) if eqx.is_array(own) else own
+        ),
         init,
         params,
     )
@@ -509,7 +522,15 @@ def fit(
     stop_rule = StopRule(tol, stages=3 if anneal else 1) if num_steps is None else None
     optimizer = optimizer if optimizer is not None else default_optimizer()
     state, history, converged, wall_time = _optimise(
-        problem, optimizer, settings, params, run_key, total, stop_rule, progress, callback,
+        problem,
+        optimizer,
+        settings,
+        params,
+        run_key,
+        total,
+        stop_rule,
+        progress,
+        callback,
         prepared.source,
     )
     return Fit(

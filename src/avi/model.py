@@ -265,9 +265,7 @@ def _plate_axis(site: Mapping[str, Any], plate: str) -> int:
     return batch_ndim + frame.dim
 
 
-def _layout_sites(
-    sites: list[Mapping[str, Any]], plate: str | None
-) -> tuple[SiteLayout, ...]:
+def _layout_sites(sites: list[Mapping[str, Any]], plate: str | None) -> tuple[SiteLayout, ...]:
     layouts = []
     offset = 0
     for site in sites:
@@ -335,12 +333,8 @@ def trace_model(
                 "minibatches itself. Remove subsample_size and pass avi.fit(..., batch_size=...)."
             )
     in_plate = [s for s in trace.values() if s["type"] == "sample" and plate in _plate_names(s)]
-    num_data = next(
-        f.size for f in in_plate[0]["cond_indep_stack"] if f.name == plate
-    )
-    latent_global = [
-        s for s in trace.values() if _is_latent(s) and plate not in _plate_names(s)
-    ]
+    num_data = next(f.size for f in in_plate[0]["cond_indep_stack"] if f.name == plate)
+    latent_global = [s for s in trace.values() if _is_latent(s) and plate not in _plate_names(s)]
     latent_local = [s for s in in_plate if _is_latent(s)]
     observed = [s for s in in_plate if s["is_observed"]]
     layout = ModelLayout(
@@ -465,13 +459,9 @@ def log_joint(
 
     substituted = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=constrain)
     if batch_size != layout.num_data:
-        substituted = handlers.substitute(
-            substituted, data={layout.plate: jnp.arange(batch_size)}
-        )
+        substituted = handlers.substitute(substituted, data={layout.plate: jnp.arange(batch_size)})
     trace = handlers.trace(substituted).get_trace(*args, **kwargs)
-    declared_size = (
-        trace[layout.plate]["args"][0] if layout.plate in trace else batch_size
-    )
+    declared_size = trace[layout.plate]["args"][0] if layout.plate in trace else batch_size
     data_scale = layout.num_data / declared_size
     total = jnp.zeros(())
     for name, site in trace.items():

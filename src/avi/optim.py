@@ -138,9 +138,9 @@ def _rows(tree: Any, index: jax.Array, num_data: int) -> Any:
 def _scatter_rows(tree: Any, rows: Any, index: jax.Array, num_data: int) -> Any:
     """Write ``rows`` back at ``index`` into the per-datum leaves; other leaves are replaced."""
     return jax.tree_util.tree_map(
-        lambda leaf, row: leaf.at[index].set(row)
-        if jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_data
-        else row,
+        lambda leaf, row: (
+            leaf.at[index].set(row) if jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_data else row
+        ),
         tree,
         rows,
     )

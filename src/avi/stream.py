@@ -67,7 +67,9 @@ def check_streamable(traced: TracedModel, family: Any, args_prefix: Sequence[Any
     if getattr(family, "inputs", None) is not None:
         raise FamilyError("A Window encoder needs neighbouring rows; it cannot stream yet.")
     layout = traced.layout
-    columns = [np.asarray(args_prefix[i]).reshape(layout.num_data, -1) for i in layout.per_datum_args]
+    columns = [
+        np.asarray(args_prefix[i]).reshape(layout.num_data, -1) for i in layout.per_datum_args
+    ]
     for name, value in traced.observed_values.items():
         column = np.asarray(value).reshape(layout.num_data, -1)
         if not any(c.shape == column.shape and np.allclose(c, column) for c in columns):

@@ -46,7 +46,9 @@ class Method:
 
 
 def _exact_gap(x: np.ndarray, optimum: float, theta_mean, theta_sd, z_mean, z_sd) -> float:
-    theta = linear.Gaussian(np.asarray(theta_mean, np.float64), np.asarray(theta_sd, np.float64) ** 2)
+    theta = linear.Gaussian(
+        np.asarray(theta_mean, np.float64), np.asarray(theta_sd, np.float64) ** 2
+    )
     z = linear.Gaussian(np.asarray(z_mean, np.float64), np.asarray(z_sd, np.float64) ** 2)
     return optimum - linear.elbo(x, theta, z)
 
@@ -83,8 +85,14 @@ def avi_method(name: str, family: avi.Amortized | avi.Factorized, **options) -> 
             return gaps[-1] <= target or watch.elapsed > budget
 
         fit = avi.fit(
-            linear.model, x, family=family, seed=seed, max_steps=max_steps, progress=False,
-            callback=callback, **options,
+            linear.model,
+            x,
+            family=family,
+            seed=seed,
+            max_steps=max_steps,
+            progress=False,
+            callback=callback,
+            **options,
         )
         checkpoints = list(zip(fit.history.step, fit.history.wall_time, gaps, strict=False))
         seconds, steps = first_within(checkpoints, target)
@@ -107,10 +115,19 @@ def amortized_guide(x: jnp.ndarray, tau: float = linear.TAU, sigma: float = line
 
 def _numpyro_moments(guide_name: str, params: dict, x: np.ndarray):
     if guide_name == "autonormal":
-        return (params["theta_auto_loc"], params["theta_auto_scale"], params["z_auto_loc"],
-                params["z_auto_scale"])
+        return (
+            params["theta_auto_loc"],
+            params["theta_auto_scale"],
+            params["z_auto_loc"],
+            params["z_auto_scale"],
+        )
     z_mean = params["a"] + params["b"] * x
-    return params["theta_loc"], params["theta_scale"], z_mean, jnp.exp(params["log_s"]) * jnp.ones_like(x)
+    return (
+        params["theta_loc"],
+        params["theta_scale"],
+        z_mean,
+        jnp.exp(params["log_s"]) * jnp.ones_like(x),
+    )
 
 
 def numpyro_method(name: str, guide_name: str, num_particles: int, learning_rate: float) -> Method:
@@ -165,17 +182,24 @@ def methods(quick: bool) -> list[Method]:
             **paper,
         ),
         avi_method(
-            "paper recipe F-VI: 100 draws, Adam 1e-3", avi.Factorized(), optimizer=paper_fvi, **paper
+            "paper recipe F-VI: 100 draws, Adam 1e-3",
+            avi.Factorized(),
+            optimizer=paper_fvi,
+            **paper,
         ),
     ]
     rates = (1e-2,) if quick else (1e-3, 1e-2, 1e-1)
     for rate in rates:
         chosen += [
             numpyro_method(f"NumPyro AutoNormal, 1 particle, Adam {rate:g}", "autonormal", 1, rate),
-            numpyro_method(f"NumPyro AutoNormal, 100 particles, Adam {rate:g}", "autonormal", 100, rate),
+            numpyro_method(
+                f"NumPyro AutoNormal, 100 particles, Adam {rate:g}", "autonormal", 100, rate
+            ),
             numpyro_method(
                 f"NumPyro hand-written amortized guide, 1 particle, Adam {rate:g}",
-                "amortized", 1, rate,
+                "amortized",
+                1,
+                rate,
             ),
         ]
     return chosen

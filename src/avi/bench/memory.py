@@ -40,4 +40,8 @@ def measure(num_data: int, family: str) -> dict[str, int]:
         capture_output=True,
         text=True,
     )
-    return {"num_data": num_data, "family": family, **json.loads(out.stdout.strip().splitlines()[-1])}
+    return {
+        "num_data": num_data,
+        "family": family,
+        **json.loads(out.stdout.strip().splitlines()[-1]),
+    }

@@ -36,18 +36,31 @@ _check = eqx.filter_jit(
 
 def reference_elbo(x: Any, seed: int = 0) -> float:
     """F-VI's converged ELBO on the data, at the checks' common random numbers."""
-    fit = avi.fit(nonlinear.model, x, family=avi.Factorized(), seed=seed, max_steps=50_000,
-                  tol=1e-6, num_particles=4, progress=False)
+    fit = avi.fit(
+        nonlinear.model,
+        x,
+        family=avi.Factorized(),
+        seed=seed,
+        max_steps=50_000,
+        tol=1e-6,
+        num_particles=4,
+        progress=False,
+    )
     return float(_check(CHECK_KEY, fit.params, fit.problem))
 
 
-def run(
-    x: Any, family: Any, reference: float, budget: float, seed: int
-) -> tuple[Run, Run]:
+def run(x: Any, family: Any, reference: float, budget: float, seed: int) -> tuple[Run, Run]:
     """(Run to the 1% criterion, Run to the strict criterion) of one default-settings fit."""
     strict_target = GAP_PER_DATUM * len(x)
-    warm = avi.fit(nonlinear.model, x, family=family, seed=seed, max_steps=CHUNK,
-                   chunk_size=CHUNK, progress=False)
+    warm = avi.fit(
+        nonlinear.model,
+        x,
+        family=family,
+        seed=seed,
+        max_steps=CHUNK,
+        chunk_size=CHUNK,
+        progress=False,
+    )
     gaps: list[float] = []
     watch = Stopwatch()
 
@@ -57,8 +70,16 @@ def run(
         watch.resume()
         return gaps[-1] <= strict_target or watch.elapsed > budget
 
-    fit = avi.fit(nonlinear.model, x, family=family, seed=seed, max_steps=30_000,
-                  chunk_size=CHUNK, progress=False, callback=callback)
+    fit = avi.fit(
+        nonlinear.model,
+        x,
+        family=family,
+        seed=seed,
+        max_steps=30_000,
+        chunk_size=CHUNK,
+        progress=False,
+        callback=callback,
+    )
     times = list(fit.history.wall_time)
     steps = list(fit.history.step)
     paper = [(s, t, g - 0.01 * abs(reference)) for s, t, g in zip(steps, times, gaps, strict=False)]

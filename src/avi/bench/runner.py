@@ -24,10 +24,14 @@ def machine() -> dict[str, object]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
-    versions = {name: metadata.version(name) for name in ("jax", "jaxlib", "numpyro", "optax", "equinox")}
+    versions = {
+        name: metadata.version(name) for name in ("jax", "jaxlib", "numpyro", "optax", "equinox")
+    }
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -70,10 +74,20 @@ def run_nonlinear(num_data: int, repeats: int, budget: float) -> list[dict]:
         ("avi factorized, defaults", avi.Factorized()),
     ):
         runs = [nonlinear.run(x, family, reference, budget, seed) for seed in range(repeats)]
-        for criterion, chosen in (("1% (paper)", [r[0] for r in runs]), ("strict", [r[1] for r in runs])):
+        for criterion, chosen in (
+            ("1% (paper)", [r[0] for r in runs]),
+            ("strict", [r[1] for r in runs]),
+        ):
             summary = summarize(chosen)
-            rows.append({"num_data": num_data, "method": name, "criterion": criterion,
-                         "reference_elbo": reference, **summary.as_dict()})
+            rows.append(
+                {
+                    "num_data": num_data,
+                    "method": name,
+                    "criterion": criterion,
+                    "reference_elbo": reference,
+                    **summary.as_dict(),
+                }
+            )
             print(f"  {name} {criterion}: {summary.median}", flush=True)
     return rows
 
@@ -107,7 +121,9 @@ def _speedups(rows: list[dict]) -> list[str]:
         at_n = [r for r in rows if r["num_data"] == num_data]
         numpyro = [r["median"] for r in at_n if r["method"].startswith("NumPyro") and r["median"]]
         autonormal = [
-            r["median"] for r in at_n if r["method"].startswith("NumPyro AutoNormal") and r["median"]
+            r["median"]
+            for r in at_n
+            if r["method"].startswith("NumPyro AutoNormal") and r["median"]
         ]
         for r in at_n:
             if not r["method"].startswith("avi") or r["median"] is None:

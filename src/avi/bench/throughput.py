@@ -28,7 +28,9 @@ encoder_pass = eqx.filter_jit(_encoder_pass)
 def measure(num_new: int, repeats: int, seed: int = 0) -> dict[str, float]:
     """Posteriors per second (median over repeats) of the three ways to infer new data."""
     x = linear.simulate(10_000, seed=seed)
-    fit = avi.fit(linear.model, x, family=avi.Amortized(avi.MLP(width=16)), seed=seed, progress=False)
+    fit = avi.fit(
+        linear.model, x, family=avi.Amortized(avi.MLP(width=16)), seed=seed, progress=False
+    )
     x_new = linear.simulate(num_new, seed=seed + 1)
     features = jax.numpy.asarray(fit.scaling.apply(x_new[:, None]))
     encoder = fit.params.local["encoder"]
