@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -141,3 +142,18 @@ def test_minibatch_needs_the_data_axis_first():
         avi.fit(data_axis_last_model, y, np.zeros(20, np.float32), batch_size=5, progress=False)
     fit = avi.fit(data_axis_last_model, y, family="constant", num_steps=5, progress=False)
     assert fit.posterior()["a"].loc.shape == (20,)
+
+
+def hidden_markov_model(x):
+    with numpyro.plate("data", x.shape[0]):
+        z = numpyro.sample("z", dist.Normal(0, 10))
+        previous = np.concatenate([np.zeros(1, np.float32), np.ones(x.shape[0] - 1, np.float32)])
+        numpyro.factor("chain", dist.Normal(previous * jnp.roll(z, 1), 1).log_prob(z))
+        numpyro.sample("x", dist.Normal(z, 1), obs=x)
+
+
+def test_default_amortized_family_warns_on_a_not_amortizable_model():
+    with pytest.warns(avi.AmortizationWarning, match="coupled"):
+        avi.fit(hidden_markov_model, X, num_steps=5, progress=False)
+    # An explicit family is a deliberate choice: no check, no warning.
+    avi.fit(hidden_markov_model, X, family=avi.Amortized(avi.MLP(4)), num_steps=5, progress=False)

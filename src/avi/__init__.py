@@ -1,15 +1,29 @@
 """avi: amortized variational inference for NumPyro models (Margossian and Blei, 2024)."""
 
+from avi.amortization_warning import AmortizationWarning, warn_if_not_amortizable
+from avi.compare import Comparison, compare
+from avi.diagnostics import (
+    GeneralizationGap,
+    GradientNorm,
+    factor_gradient_norm,
+    generalization_gap,
+    per_datum_elbo_draws,
+    psis_khat,
+    refine,
+)
 from avi.encoders import MLP, Polynomial
 from avi.errors import AviError, DataError, DivergenceError, FamilyError, ModelError
 from avi.families import Amortized, Constant, Factorized, Window
 from avi.fit import Estimate, Fit, History, fit
 from avi.structure import StructureReport, check
+from avi.sweep import Sweep, sweep
 
 __all__ = [
     "MLP",
+    "AmortizationWarning",
     "Amortized",
     "AviError",
+    "Comparison",
     "Constant",
     "DataError",
     "DivergenceError",
@@ -17,13 +31,24 @@ __all__ = [
     "Factorized",
     "FamilyError",
     "Fit",
+    "GeneralizationGap",
+    "GradientNorm",
     "History",
     "ModelError",
     "Polynomial",
     "StructureReport",
+    "Sweep",
     "Window",
     "check",
+    "compare",
+    "factor_gradient_norm",
     "fit",
+    "generalization_gap",
+    "per_datum_elbo_draws",
+    "psis_khat",
+    "refine",
+    "sweep",
+    "warn_if_not_amortizable",
 ]
 
 __version__ = "0.1.0"

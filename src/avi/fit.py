@@ -19,6 +19,7 @@ import optax
 from numpyro.distributions.transforms import biject_to
 from tqdm import tqdm
 
+from avi.amortization_warning import warn_if_not_amortizable
 from avi.elbo import Problem, VariationalParams, elbo_draws
 from avi.encoders import INIT_LOG_SCALE
 from avi.errors import AviError, DivergenceError, FamilyError, ModelError
@@ -469,7 +470,12 @@ def fit(
         *args: the model's positional arguments; arrays whose leading axis has the data
             plate's size are per-datum (sliced for minibatches, fed to the encoder).
         family: ``avi.Factorized()``, ``avi.Constant()``, ``avi.Amortized(encoder, inputs)`` or
-            one of the strings "factorized", "constant", "amortized" (MLP of width 32).
+            one of the strings "factorized", "constant", "amortized" (MLP of width 32). With
+            "amortized" (the default) the model's structure is checked first (``avi.check``)
+            and an ``avi.AmortizationWarning`` explains why amortization must leave a gap on a
+            model with no ideal inference function of the datum; an explicit
+            ``avi.Amortized(...)`` is taken as a deliberate choice and not checked (nor is
+            streamed data, which the check would read whole).
         seed: seed of initialisation, minibatches and Monte Carlo draws.
         num_steps: run exactly this many steps (the stop rule is off).
         max_steps: cap on the number of steps when the stop rule decides.
@@ -493,6 +499,9 @@ def fit(
     Returns:
         The :class:`Fit`.
     """
+    default_amortized = isinstance(family, str) and family.lower() == "amortized"
+    if default_amortized and not is_streamed(args, kwargs):
+        warn_if_not_amortizable(model, args, kwargs, plate, family=as_family(family))
     family = as_family(family)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise AviError(f"chunk_size={chunk_size!r}: give a positive integer.")
