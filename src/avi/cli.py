@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     from avi.reproduce import add_reproduce_command
     add_reproduce_command(commands)
     from avi.bench.runner import add_bench_command
+    from avi.cli_analysis import add_analysis_commands
 
     add_bench_command(commands)
+    add_analysis_commands(commands)
     return parser
 
 

@@ -39,7 +39,7 @@ Decisions the paper leaves open:
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -64,7 +64,7 @@ def model(x: jnp.ndarray) -> None:
     """z_1 ~ N(0, 1), z_n ~ N(z_{n-1}, 1), x_n ~ N(z_n, 1), with the chain as a per-datum factor."""
     with numpyro.plate("data", x.shape[0]):
         z = numpyro.sample("z", dist.ImproperUniform(dist.constraints.real, (), ()))
-        previous = jnp.concatenate([jnp.zeros(1, dtype=z.dtype), z[:-1]])
+        previous = jnp.concatenate([jnp.zeros(1), z[:-1]])
         numpyro.factor("chain", dist.Normal(previous, 1.0).log_prob(z))
         numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
@@ -163,7 +163,7 @@ def fit_elbo(fit: avi.Fit, x: np.ndarray) -> float:
     return elbo(x, np.asarray(loc[:, 0]), np.exp(2 * np.asarray(log_scale[:, 0])))
 
 
-@lru_cache(maxsize=None)
+@cache
 def optimizer(num_steps: int) -> optax.GradientTransformation:
     """Adam with a cosine decay from 1e-2 to 1e-4 over the run (one object per length)."""
     schedule = optax.cosine_decay_schedule(
@@ -210,7 +210,10 @@ def check_claims(summary: pd.DataFrame, fits: pd.DataFrame) -> list[Claim]:
     gaps = ", ".join(
         f"+-{w:.0f}: {g:.2g} (exact {e:.2g}, closed form {c:.2g})"
         for w, g, e, c in zip(
-            narrow["half_width"], narrow["gap"], narrow["exact_gap"], narrow["closed_form_gap"],
+            narrow["half_width"],
+            narrow["gap"],
+            narrow["exact_gap"],
+            narrow["closed_form_gap"],
             strict=True,
         )
     )

@@ -81,7 +81,7 @@ def _label(width: int) -> str:
     return f"A-VI MLP k={width}"
 
 
-def _families(widths: tuple[int, ...] = WIDTHS) -> tuple[FamilySpec, ...]:
+def _families() -> tuple[FamilySpec, ...]:
     mlps = tuple(
         FamilySpec(
             _label(k),
@@ -91,7 +91,7 @@ def _families(widths: tuple[int, ...] = WIDTHS) -> tuple[FamilySpec, ...]:
             "closes the gap" if k >= CLOSING_WIDTH else "does not close the gap",
             {"width": k},
         )
-        for k in widths
+        for k in WIDTHS
     )
     return (
         FamilySpec(REFERENCE_LABEL, avi.Factorized(), LEARNING_RATE, None, "reference"),
@@ -105,7 +105,9 @@ def _seed_sensitivity(summary: pd.DataFrame) -> Claim:
     closing = summary[summary["width"] >= CLOSING_WIDTH]
     reference = family_row(summary, REFERENCE_LABEL)["elbo_sd_seeds"]
     amortized = float(np.median(closing["elbo_sd_seeds"])) if len(closing) else float("nan")
-    measured = f"sd over seeds: A-VI k>={CLOSING_WIDTH} median {amortized:.3g}, F-VI {reference:.3g}"
+    measured = (
+        f"sd over seeds: A-VI k>={CLOSING_WIDTH} median {amortized:.3g}, F-VI {reference:.3g}"
+    )
     if np.isnan(amortized) or np.isnan(reference):
         return Claim(paper, measured + " (needs 2 seeds or more)", None)
     return Claim(paper, measured, bool(amortized > reference))

@@ -62,7 +62,7 @@ WINDOW_INPUT = "(x_n-1, x_n)"
 def model(x: jnp.ndarray, alpha: float = ALPHA) -> None:
     """theta ~ N(0, 1), z_n ~ N(x_{n-1}, 1) with x_0 = 0, x_n ~ N(alpha (theta + z_n), 1)."""
     theta = numpyro.sample("theta", dist.Normal(0.0, 1.0))
-    previous = jnp.concatenate([jnp.zeros(1, dtype=x.dtype), x[:-1]])
+    previous = jnp.concatenate([jnp.zeros(1), x[:-1]])
     with numpyro.plate("data", x.shape[0]):
         z = numpyro.sample("z", dist.Normal(previous, 1.0))
         numpyro.sample("x", dist.Normal(alpha * (theta + z), 1.0), obs=x)
@@ -147,7 +147,9 @@ def _window_family(width: int) -> FamilySpec:
 
 def _families() -> tuple[FamilySpec, ...]:
     return (
-        FamilySpec(REFERENCE_LABEL, avi.Factorized(), LEARNING_RATE, None, "reference (-ELBO ~553)"),
+        FamilySpec(
+            REFERENCE_LABEL, avi.Factorized(), LEARNING_RATE, None, "reference (-ELBO ~553)"
+        ),
         FamilySpec("constant", avi.Constant(), LEARNING_RATE, False, "does not close the gap"),
         *(_datum_family(k) for k in DATUM_WIDTHS),
         *(_window_family(k) for k in WINDOW_WIDTHS),
