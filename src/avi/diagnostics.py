@@ -33,16 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from numpyro import handlers
-from numpyro.distributions.transforms import biject_to
-from numpyro.distributions.util import sum_rightmost
 
 from avi.elbo import Problem, VariationalParams, elbo_draws, gaussian_entropy
 from avi.errors import AviError, FamilyError
 from avi.families import Factorized
 from avi.fit import Estimate, Fit
 from avi.fit import fit as fit_model
-from avi.model import ModelLayout, trace_model, unflatten_globals, unflatten_locals
+from avi.model import ModelLayout, constrained_trace, trace_model
 from avi.optim import default_optimizer
 
 FIT_OPTIONS = frozenset(
@@ -172,24 +169,7 @@ def per_datum_log_joint(
     Returns:
         (scalar global term, (N,) per-datum terms).
     """
-    unconstrained = {**unflatten_globals(layout, theta), **unflatten_locals(layout, z)}
-    log_dets: dict[str, jax.Array] = {}
-
-    def constrain(site: Mapping[str, Any]) -> jax.Array | None:
-        if site["type"] != "sample" or site["name"] not in unconstrained:
-            return None
-        u = unconstrained[site["name"]]
-        transform = biject_to(site["fn"].support)
-        value = transform(u)
-        log_det = transform.log_abs_det_jacobian(u, value)
-        event_dim = len(site["fn"].event_shape)
-        log_dets[site["name"]] = sum_rightmost(
-            log_det, jnp.ndim(log_det) - jnp.ndim(value) + event_dim
-        )
-        return value
-
-    substituted = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=constrain)
-    trace = handlers.trace(substituted).get_trace(*args, **kwargs)
+    trace, log_dets = constrained_trace(model, layout, args, kwargs, theta, z)
     global_term = jnp.zeros(())
     per_datum = jnp.zeros(layout.num_data)
     for name, site in trace.items():

@@ -416,6 +416,50 @@ def _is_identity_support(support: constraints.Constraint) -> bool:
     )
 
 
+def constrained_trace(
+    model: Model,
+    layout: ModelLayout,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    theta: jax.Array,
+    z: jax.Array,
+) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    """Run the model at the constrained values T(theta), T(z) of a batch of B = z.shape[0] data.
+
+    On a batch smaller than the data, the data plate's indices are substituted by arange(B), so
+    that a plate whose size the model takes from its arguments and one declared with N both
+    have B entries.
+
+    Returns:
+        The trace, and for every constrained latent site its log|det J| with the site's batch
+        shape (unconstrained sites have none).
+    """
+    batch_size = z.shape[0]
+    unconstrained = {**unflatten_globals(layout, theta), **unflatten_locals(layout, z)}
+    log_dets: dict[str, jax.Array] = {}
+
+    def constrain(site: Mapping[str, Any]) -> jax.Array | None:
+        if site["type"] != "sample" or site["name"] not in unconstrained:
+            return None
+        u = unconstrained[site["name"]]
+        support = site["fn"].support
+        if _is_identity_support(support):
+            return u
+        transform = biject_to(support)
+        value = transform(u)
+        log_det = transform.log_abs_det_jacobian(u, value)
+        event_dim = len(site["fn"].event_shape)
+        log_dets[site["name"]] = sum_rightmost(
+            log_det, jnp.ndim(log_det) - jnp.ndim(value) + event_dim
+        )
+        return value
+
+    substituted = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=constrain)
+    if batch_size != layout.num_data:
+        substituted = handlers.substitute(substituted, data={layout.plate: jnp.arange(batch_size)})
+    return handlers.trace(substituted).get_trace(*args, **kwargs), log_dets
+
+
 def log_joint(
     model: Model,
     layout: ModelLayout,
@@ -438,29 +482,7 @@ def log_joint(
         A scalar: global terms plus (N / B) times the sum of the batch's in-plate terms.
     """
     batch_size = z.shape[0]
-    unconstrained = {**unflatten_globals(layout, theta), **unflatten_locals(layout, z)}
-    log_dets: dict[str, jax.Array] = {}
-
-    def constrain(site: Mapping[str, Any]) -> jax.Array | None:
-        if site["type"] != "sample" or site["name"] not in unconstrained:
-            return None
-        u = unconstrained[site["name"]]
-        support = site["fn"].support
-        if _is_identity_support(support):
-            return u
-        transform = biject_to(support)
-        value = transform(u)
-        log_det = transform.log_abs_det_jacobian(u, value)
-        event_dim = len(site["fn"].event_shape)
-        log_dets[site["name"]] = jnp.sum(
-            sum_rightmost(log_det, jnp.ndim(log_det) - jnp.ndim(value) + event_dim)
-        )
-        return value
-
-    substituted = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=constrain)
-    if batch_size != layout.num_data:
-        substituted = handlers.substitute(substituted, data={layout.plate: jnp.arange(batch_size)})
-    trace = handlers.trace(substituted).get_trace(*args, **kwargs)
+    trace, log_dets = constrained_trace(model, layout, args, kwargs, theta, z)
     declared_size = trace[layout.plate]["args"][0] if layout.plate in trace else batch_size
     data_scale = layout.num_data / declared_size
     total = jnp.zeros(())
@@ -472,7 +494,7 @@ def log_joint(
             scale = scale * data_scale
         term = jnp.sum(site["fn"].log_prob(site["value"]))
         if name in log_dets:
-            term = term + log_dets[name]
+            term = term + jnp.sum(log_dets[name])
         total = total + scale * term
     return total
 
