@@ -17,6 +17,7 @@ from avi.families import Amortized, Constant, Factorized, Window
 from avi.fit import Estimate, Fit, History, fit
 from avi.structure import StructureReport, check
 from avi.sweep import Sweep, sweep
+from avi import vi
 
 __all__ = [
     "MLP",
@@ -48,6 +49,7 @@ __all__ = [
     "psis_khat",
     "refine",
     "sweep",
+    "vi",
     "warn_if_not_amortizable",
 ]
 

@@ -40,7 +40,7 @@ from avi.families import Factorized
 from avi.fit import Estimate, Fit
 from avi.fit import fit as fit_model
 from avi.model import ModelLayout, constrained_trace, trace_model
-from avi.optim import default_optimizer
+from avi.vi import default_optimizer
 
 FIT_OPTIONS = frozenset(
     name

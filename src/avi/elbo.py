@@ -82,7 +82,7 @@ def elbo_draws(
             2017): the entropy is replaced by -log q(draw) with the parameters of q held fixed,
             whose gradient vanishes at an exact fit.
         tables_gathered: the family's per-datum tables in ``params`` already hold only the
-            batch's rows (the lazy minibatch update of :mod:`avi.optim`).
+            batch's rows (the lazy minibatch update of :mod:`avi.vi.algorithm`).
 
     Returns:
         (S,) unbiased estimates of the full-data ELBO.

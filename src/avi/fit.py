@@ -1,12 +1,14 @@
-"""``avi.fit``: fit a NumPyro model with a variational family, and the :class:`Fit` it returns."""
+"""``avi.fit``: fit a NumPyro model with a variational family, and the :class:`Fit` it returns.
+
+``avi.fit`` is orchestration: it prepares the problem (:mod:`avi.prepare`), builds the pure pair
+``init``/``step`` (:mod:`avi.vi`), and hands both to the runner (:func:`avi.vi.run`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -17,45 +19,20 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 from numpyro.distributions.transforms import biject_to
-from tqdm import tqdm
 
 from avi.amortization_warning import warn_if_not_amortizable
 from avi.elbo import Problem, VariationalParams, elbo_draws
-from avi.encoders import INIT_LOG_SCALE
-from avi.errors import AviError, DivergenceError, FamilyError, ModelError
+from avi.errors import AviError, FamilyError
 from avi.families import Family, as_family, count_parameters
-from avi.model import (
-    Model,
-    SiteLayout,
-    TracedModel,
-    check_minibatchable,
-    per_datum_features,
-    trace_model,
-    validate_arguments,
-)
+from avi.model import Model, SiteLayout, TracedModel, per_datum_features, trace_model
 from avi.parallel import data_mesh, shard_rows
-from avi.stream import (
-    TRACE_ROWS,
-    BatchSource,
-    check_streamable,
-    is_streamed,
-    prefix,
-    streamed_length,
-)
-from avi.optim import (
-    OptState,
-    batch_problem,
-    StepSettings,
-    StopRule,
-    default_optimizer,
-    evaluate,
-    evaluation_index,
-    init_state,
-    run_chunk,
-)
+from avi.prepare import FeatureScaling, prepare_in_memory, prepare_streamed
+from avi.stream import is_streamed
+from avi.vi import History, PlateauRule, State, fit_keys, run
+from avi.vi.build import algorithm_for
+from avi.vi.runner import Callback
 
-
-Callback = Callable[[int, VariationalParams, Problem], bool | None]
+__all__ = ["Estimate", "Fit", "History", "fit"]
 
 
 class Estimate(NamedTuple):
@@ -68,28 +45,17 @@ class Estimate(NamedTuple):
         return f"{self.mean:.2f} +- {self.stderr:.2f}"
 
 
-class History(NamedTuple):
-    """Per checkpoint (end of each chunk): step, mean ELBO estimate of the chunk, wall time (s)."""
+ELBO_BLOCK_ELEMENTS = 2e7
+"""Full-data ELBO draws are computed in blocks of about this many local coordinates."""
 
-    step: np.ndarray
-    elbo: np.ndarray
-    wall_time: np.ndarray
+MAX_ELBO_BLOCK = 128
+"""At most this many draws per block."""
 
 
-@dataclass(frozen=True)
-class FeatureScaling:
-    """Standardization of the encoder's input, fixed from the training data."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def from_features(cls, features: np.ndarray) -> FeatureScaling:
-        std = features.std(axis=0)
-        return cls(features.mean(axis=0), np.where(std > 0, std, 1.0))
-
-    def apply(self, features: np.ndarray) -> np.ndarray:
-        return ((features - self.mean) / self.std).astype(np.float32)
+def elbo_block(num_data: int, local_dim: int) -> int:
+    """Draws per block of :meth:`Fit.elbo_draws`: fixed by the problem's shape (memory-bound),
+    so that every ``num_particles`` reuses one compiled program."""
+    return max(1, min(MAX_ELBO_BLOCK, int(ELBO_BLOCK_ELEMENTS // max(1, num_data * local_dim))))
 
 
 @dataclass
@@ -97,26 +63,47 @@ class Fit:
     """A fitted variational approximation.
 
     Attributes:
+        traced: the model traced on the training data.
+        problem: the model, layout, family and data of the compiled step.
         family: the variational family of the local latents.
-        params: the variational parameters (unconstrained space).
-        history: ELBO estimates per checkpoint.
+        state: the final :class:`avi.vi.State` (parameters, optimiser and stop-rule states,
+            step count): everything needed to go on from here.
+        history: ELBO estimates per chunk.
         converged: whether the stop rule fired before ``max_steps`` (False with ``num_steps``).
-        num_steps: optimisation steps taken.
+        stop_reason: "converged", "max_steps", "num_steps" or "callback".
         wall_time: seconds spent in optimisation, compilation included.
+        scaling: the encoder inputs' standardization.
+        args, kwargs: the model's training arguments.
+        streamed: whether the data were streamed from a memory map.
     """
 
     traced: TracedModel
     problem: Problem
     family: Family
-    params: VariationalParams
+    state: State
     history: History
     converged: bool
-    num_steps: int
+    stop_reason: str
     wall_time: float
     scaling: FeatureScaling
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     streamed: bool = False
+
+    @property
+    def params(self) -> VariationalParams:
+        """The variational parameters (unconstrained space)."""
+        return self.state.params
+
+    @property
+    def num_steps(self) -> int:
+        """Optimisation steps taken."""
+        return int(self.state.step)
+
+    @property
+    def num_skipped(self) -> int:
+        """Steps whose ELBO or gradient was not finite (their update was not applied)."""
+        return int(self.state.skipped)
 
     @property
     def num_parameters(self) -> int:
@@ -239,14 +226,16 @@ class Fit:
         return Estimate(float(np.mean(draws)), float(np.std(draws, ddof=1) / math.sqrt(draws.size)))
 
     def elbo_draws(self, num_particles: int, seed: int = 0) -> np.ndarray:
-        """Per-draw full-data ELBO estimates, computed in groups that bound memory."""
+        """Per-draw full-data ELBO estimates, computed in fixed-size blocks that bound memory
+        (one compiled program for every ``num_particles``)."""
         self._check_in_memory("full-data ELBO draws")
         layout = self.traced.layout
-        group = max(
-            1, min(num_particles, int(2e7 // max(1, layout.num_data * max(1, layout.local_dim))))
-        )
-        keys = jax.random.split(jax.random.PRNGKey(seed), math.ceil(num_particles / group))
-        draws = [np.asarray(_full_data_draws(k, self.params, self.problem, group)) for k in keys]
+        block = elbo_block(layout.num_data, layout.local_dim)
+        key = jax.random.PRNGKey(seed)
+        draws = [
+            np.asarray(_full_data_draws(jax.random.fold_in(key, i), self.params, self.problem, block))
+            for i in range(math.ceil(num_particles / block))
+        ]
         return np.concatenate(draws)[:num_particles]
 
     def to_arviz(self, num_samples: int = 1000, seed: int = 0):
@@ -286,7 +275,6 @@ def _check_options(
     tol: float,
     batch_size: int | None,
     num_particles: int,
-    optimizer: Any,
 ) -> None:
     def positive_int(name: str, value: Any) -> None:
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -305,101 +293,6 @@ def _check_options(
             )
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise AviError(f"tol={tol!r}: give a positive number.")
-    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
-        raise AviError(
-            f"optimizer={optimizer!r} is not an optax GradientTransformation; "
-            "give e.g. optax.adam(1e-2)."
-        )
-
-
-AUTO_FULL_BATCH_LIMIT = 8192
-"""Up to this many data, the default is full-batch optimisation."""
-
-AUTO_BATCH_SIZE = 1024
-"""Default batch of encoder-based families beyond AUTO_FULL_BATCH_LIMIT data."""
-
-
-def settings_batch_size(batch_size: int | None, num_data: int, family: Family) -> int | None:
-    """The batch size a step uses; None means the full batch.
-
-    ``batch_size=None`` chooses: the full batch for F-VI (each of its factors learns only from
-    its own datum, so a minibatch of B updates a fraction B/N of them per step and needs N/B
-    times more steps) and for N <= AUTO_FULL_BATCH_LIMIT; otherwise AUTO_BATCH_SIZE, with
-    which A-VI's per-step cost no longer grows with N.
-    """
-    if batch_size is None:
-        if family.table_keys or num_data <= AUTO_FULL_BATCH_LIMIT:
-            return None
-        return AUTO_BATCH_SIZE
-    return None if batch_size == num_data else int(batch_size)
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A traced model with its compiled-problem inputs and, for streamed data, the source."""
-
-    traced: TracedModel
-    problem: Problem
-    scaling: FeatureScaling
-    batch_size: int | None
-    source: BatchSource | None
-
-
-def _device_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]):
-    as_device = lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a  # noqa: E731
-    return tuple(as_device(a) for a in args), {k: as_device(a) for k, a in kwargs.items()}
-
-
-def _prepare_in_memory(
-    model, args, kwargs, plate, family, batch_size, chunk_size, seed
-) -> _Prepared:
-    """Trace on all data; per-datum data and features live on the device."""
-    traced = trace_model(model, args, kwargs, plate=plate)
-    layout = traced.layout
-    step_batch_size = settings_batch_size(batch_size, layout.num_data, family)
-    if step_batch_size is not None:
-        try:
-            check_minibatchable(traced)
-        except ModelError:
-            if batch_size is not None:
-                raise
-            step_batch_size = None  # the automatic choice falls back to the full batch
-    raw_features = per_datum_features(traced, args, kwargs)
-    scaling = FeatureScaling.from_features(raw_features)
-    device_args, device_kwargs = _device_arguments(args, kwargs)
-    problem = Problem(
-        model,
-        layout,
-        family,
-        device_args,
-        device_kwargs,
-        family.prepare(scaling.apply(raw_features)),
-    )
-    return _Prepared(traced, problem, scaling, step_batch_size, None)
-
-
-def _prepare_streamed(
-    model, args, kwargs, plate, family, batch_size, chunk_size, seed
-) -> _Prepared:
-    """Trace on a prefix of memory-mapped data; minibatches are read from the map per chunk."""
-    num_data = streamed_length(args, kwargs)
-    validate_arguments(args, kwargs)
-    args_prefix, kwargs_prefix = prefix(args, kwargs, num_data, TRACE_ROWS)
-    on_prefix = trace_model(model, args_prefix, kwargs_prefix, plate=plate)
-    check_streamable(on_prefix, family, args_prefix)
-    check_minibatchable(on_prefix)
-    prefix_features = per_datum_features(on_prefix, args_prefix, kwargs_prefix)
-    layout = dataclasses.replace(on_prefix.layout, num_data=num_data)
-    traced = dataclasses.replace(on_prefix, layout=layout)
-    step_batch_size = settings_batch_size(batch_size, num_data, family) or min(
-        num_data, AUTO_BATCH_SIZE
-    )
-    source = BatchSource(layout, args, kwargs, step_batch_size, chunk_size, seed)
-    scaling = FeatureScaling(source.mean, source.std)
-    device_args, device_kwargs = _device_arguments(args_prefix, kwargs_prefix)
-    local_data = family.prepare(scaling.apply(prefix_features))
-    problem = Problem(model, layout, family, device_args, device_kwargs, local_data)
-    return _Prepared(traced, problem, scaling, step_batch_size, source)
 
 
 def _checked_init(init: Any, params: VariationalParams) -> VariationalParams:
@@ -428,17 +321,6 @@ def _checked_init(init: Any, params: VariationalParams) -> VariationalParams:
     )
 
 
-def _initial_params(
-    key: jax.Array, traced: TracedModel, family: Family, problem: Problem
-) -> VariationalParams:
-    layout = traced.layout
-    return VariationalParams(
-        global_loc=jnp.zeros(layout.global_dim),
-        global_log_scale=jnp.full(layout.global_dim, INIT_LOG_SCALE),
-        local=family.init(key, problem.local_data, layout.local_dim),
-    )
-
-
 def fit(
     model: Model,
     *args: Any,
@@ -451,6 +333,7 @@ def fit(
     num_particles: int = 1,
     sticking_the_landing: bool = True,
     optimizer: optax.GradientTransformation | None = None,
+    learning_rate: float | None = None,
     anneal: bool | None = None,
     plate: str | None = None,
     progress: bool = True,
@@ -479,13 +362,15 @@ def fit(
         seed: seed of initialisation, minibatches and Monte Carlo draws.
         num_steps: run exactly this many steps (the stop rule is off).
         max_steps: cap on the number of steps when the stop rule decides.
-        tol: the stop rule's relative-change threshold (see :class:`avi.optim.StopRule`).
-        batch_size: data per step; None chooses (see :func:`settings_batch_size`): the full
+        tol: the stop rule's relative-change threshold (see :class:`avi.vi.PlateauRule`).
+        batch_size: data per step; None chooses (see :func:`avi.prepare.resolve_batch_size`): the full
             batch for F-VI or N <= 8192, else 1024.
         num_particles: Monte Carlo draws per step.
         sticking_the_landing: use the sticking-the-landing gradient estimator (Roeder et al.
             2017; unbiased, and its variance vanishes as q approaches the posterior).
         optimizer: any optax GradientTransformation (default Adam, learning rate 1e-2).
+        learning_rate: the default optimizer's learning rate (held in its state: fits that
+            differ only in it share one compiled program); not with ``optimizer``.
         anneal: with the stop rule, divide the learning rate by 10 each time the ELBO goes
             flat, twice, before declaring convergence (default: on for the default optimizer,
             off for a user's, whose schedule is kept as given).
@@ -493,7 +378,10 @@ def fit(
         progress: show a progress bar with the running ELBO.
         chunk_size: steps per compiled chunk (and between stop-rule checks).
         callback: called after every chunk as ``callback(step, params, problem)``; a true
-            return value stops the fit. Its time is excluded from ``wall_time`` and ``history.wall_time``.
+            return value stops the fit. Its time is excluded from ``wall_time`` and
+            ``history.wall_time``.
+        devices: devices to shard the data over (default: all, when they divide N).
+        init: start from these variational parameters (e.g. another fit's).
         **kwargs: the model's keyword arguments.
 
     Returns:
@@ -505,123 +393,46 @@ def fit(
     family = as_family(family)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise AviError(f"chunk_size={chunk_size!r}: give a positive integer.")
-    prepare = _prepare_streamed if is_streamed(args, kwargs) else _prepare_in_memory
-    prepared = prepare(model, args, kwargs, plate, family, batch_size, chunk_size, seed)
-    traced, problem, scaling = prepared.traced, prepared.problem, prepared.scaling
-    layout = traced.layout
-    _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles, optimizer)
-    step_batch_size = prepared.batch_size
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    params = _initial_params(init_key, traced, family, problem)
-    if init is not None:
-        params = _checked_init(init, params)
+    if is_streamed(args, kwargs):
+        prepared = prepare_streamed(model, args, kwargs, plate, family, batch_size, chunk_size, seed)
+    else:
+        prepared = prepare_in_memory(model, args, kwargs, plate, family, batch_size)
+    layout = prepared.traced.layout
+    _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles)
+    algorithm = algorithm_for(prepared, optimizer, learning_rate, num_particles, sticking_the_landing)
+    init_key, run_key, check_key = fit_keys(seed)
+    params = None if init is None else _checked_init(init, algorithm.initial_params(init_key))
+    state = algorithm.init(init_key, params)
     mesh = data_mesh(devices, layout.num_data)
     if mesh is not None:
-        problem = shard_rows(problem, layout.num_data, mesh)
-        params = shard_rows(params, layout.num_data, mesh)
-    settings = StepSettings(
-        batch_size=step_batch_size,
-        num_particles=int(num_particles),
-        sticking_the_landing=bool(sticking_the_landing),
-        chunk_size=int(chunk_size),
-    )
-    total = int(num_steps) if num_steps is not None else int(max_steps)
+        algorithm = shard_rows(algorithm, layout.num_data, mesh)
+        state = shard_rows(state, layout.num_data, mesh)
     if anneal is None:
         anneal = optimizer is None
-    stop_rule = StopRule(tol, stages=3 if anneal else 1) if num_steps is None else None
-    optimizer = optimizer if optimizer is not None else default_optimizer()
-    state, history, converged, wall_time = _optimise(
-        problem,
-        optimizer,
-        settings,
-        params,
+    rule = PlateauRule(tol, stages=3 if anneal else 1) if num_steps is None else None
+    result = run(
+        algorithm,
+        state,
         run_key,
-        total,
-        stop_rule,
-        progress,
-        callback,
-        prepared.source,
+        int(num_steps) if num_steps is not None else int(max_steps),
+        chunk_size=chunk_size,
+        rule=rule,
+        check_key=check_key,
+        source=prepared.source,
+        progress=progress,
+        callback=callback,
     )
     return Fit(
-        traced=traced,
-        problem=problem,
+        traced=prepared.traced,
+        problem=algorithm.problem,
         family=family,
-        params=state.params,
-        history=history,
-        converged=converged,
-        num_steps=int(state.step),
-        wall_time=wall_time,
-        scaling=scaling,
+        state=result.state,
+        history=result.history,
+        converged=result.reason == "converged",
+        stop_reason=result.reason,
+        wall_time=result.wall_time,
+        scaling=prepared.scaling,
         args=tuple(args),
         kwargs=dict(kwargs),
         streamed=prepared.source is not None,
     )
-
-
-def _optimise(
-    problem: Problem,
-    optimizer: optax.GradientTransformation,
-    settings: StepSettings,
-    params: VariationalParams,
-    key: jax.Array,
-    total: int,
-    stop_rule: StopRule | None,
-    progress: bool,
-    callback: Callback | None,
-    source: BatchSource | None,
-) -> tuple[OptState, History, bool, float]:
-    state = init_state(params, optimizer, problem.family.table_keys)
-    key, check_key, subset_key = jax.random.split(key, 3)
-    check_problem, check_index = problem, None
-    if stop_rule is not None and source is not None:
-        subset = np.random.default_rng(int(jax.random.randint(subset_key, (), 0, 2**31 - 1)))
-        rows = subset.integers(0, problem.layout.num_data, 16 * source.batch_size)
-        check_problem = batch_problem(problem, source.rows(rows))
-    elif stop_rule is not None:
-        check_index = evaluation_index(subset_key, problem.layout.num_data, settings.batch_size)
-    next_batches = source.chunk() if source is not None else None
-    paused = 0.0
-    total_steps = jnp.asarray(total, jnp.int32)
-    steps, elbos, times = [], [], []
-    converged = False
-    start = time.perf_counter()
-    with tqdm(total=total, disable=not progress, desc=problem.family.name, unit="step") as bar:
-        done = 0
-        while done < total:
-            key, chunk_key = jax.random.split(key)
-            scale = jnp.asarray(stop_rule.learning_rate_scale if stop_rule else 1.0, jnp.float32)
-            batches = next_batches
-            state, info = run_chunk(
-                problem, optimizer, settings, total_steps, scale, state, chunk_key, batches
-            )
-            if source is not None:  # read the next chunk while the device works on this one
-                next_batches = source.chunk()
-            taken = min(settings.chunk_size, total - done)
-            done += taken
-            chunk_elbo = np.asarray(info.elbo)[:taken]
-            finite = np.asarray(info.finite)[:taken]
-            if not finite.any():
-                raise DivergenceError(
-                    f"Every ELBO or gradient in steps {done - taken}..{done} was NaN or inf. "
-                    "Lower the learning rate (optimizer=optax.adam(1e-3)), add draws "
-                    "(num_particles), or check priors whose support the model leaves."
-                )
-            mean_elbo = float(np.mean(chunk_elbo[finite]))
-            steps.append(done)
-            elbos.append(mean_elbo)
-            times.append(time.perf_counter() - start - paused)
-            bar.update(taken)
-            bar.set_postfix(elbo=f"{mean_elbo:.4g}")
-            if stop_rule is not None and stop_rule.update(
-                float(evaluate(check_key, state.params, check_problem, check_index))
-            ):
-                converged = True
-                break
-            if callback is not None:
-                callback_start = time.perf_counter()
-                stop = callback(done, state.params, problem)
-                paused += time.perf_counter() - callback_start
-                if stop:
-                    break
-    history = History(np.asarray(steps), np.asarray(elbos), np.asarray(times))
-    return state, history, converged, time.perf_counter() - start - paused

@@ -17,7 +17,7 @@ import numpy as np
 
 from avi.errors import FamilyError, ModelError
 from avi.model import ModelLayout, TracedModel
-from avi.optim import StreamedBatch
+from avi.batch import StreamedRows
 
 TRACE_ROWS = 1024
 """Rows of the memory-mapped data on which the model is traced."""
@@ -119,22 +119,22 @@ class BatchSource:
     def _raw_features(self, index: np.ndarray) -> np.ndarray:
         return _flatten(*self._rows(index), len(index))
 
-    def rows(self, index: np.ndarray) -> StreamedBatch:
+    def rows(self, index: np.ndarray) -> StreamedRows:
         """The batch of the given row indices."""
         args, kwargs = self._rows(index)
         features = (_flatten(args, kwargs, len(index)) - self.mean) / self.std
-        return StreamedBatch(
+        return StreamedRows(
             {i: jnp.asarray(a) for i, a in args.items()},
             {k: jnp.asarray(a) for k, a in kwargs.items()},
             jnp.asarray(features, dtype=jnp.float32),
         )
 
-    def chunk(self) -> StreamedBatch:
+    def chunk(self) -> StreamedRows:
         """One chunk: ``chunk_size`` batches stacked along a leading axis."""
         index = self.rng.integers(0, self.layout.num_data, self.chunk_size * self.batch_size)
         flat = self.rows(index)
         shape = (self.chunk_size, self.batch_size)
-        return StreamedBatch(
+        return StreamedRows(
             {i: a.reshape(shape + a.shape[1:]) for i, a in flat.args.items()},
             {k: a.reshape(shape + a.shape[1:]) for k, a in flat.kwargs.items()},
             flat.features.reshape(shape + flat.features.shape[1:]),

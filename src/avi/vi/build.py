@@ -1,0 +1,100 @@
+"""The public constructor of the pure pair: ``avi.vi.build(model, *args, ...) -> Algorithm``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from avi.errors import AviError
+from avi.families import as_family
+from avi.model import Model
+from avi.parallel import data_mesh, shard_rows
+from avi.prepare import Prepared, prepare_in_memory
+from avi.vi.algorithm import DEFAULT_LEARNING_RATE, Algorithm, Settings, default_optimizer
+
+
+def algorithm_for(
+    prepared: Prepared,
+    optimizer: optax.GradientTransformation | None,
+    learning_rate: float | None,
+    num_particles: int,
+    sticking_the_landing: bool,
+) -> Algorithm:
+    """The algorithm of a prepared problem (shared by :func:`build` and :func:`avi.fit`).
+
+    Raises:
+        AviError: both ``optimizer`` and ``learning_rate``, or a bad learning rate.
+    """
+    if optimizer is not None and learning_rate is not None:
+        raise AviError(
+            "learning_rate sets the default optimizer's rate; with optimizer= give the rate "
+            "to the optimizer itself (e.g. optax.adam(1e-3)) and drop learning_rate."
+        )
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise AviError(
+            f"optimizer={optimizer!r} is not an optax GradientTransformation; "
+            "give e.g. optax.adam(1e-2)."
+        )
+    if learning_rate is not None and not (
+        isinstance(learning_rate, (int, float)) and learning_rate > 0
+    ):
+        raise AviError(f"learning_rate={learning_rate!r}: give a positive number.")
+    rate = None
+    if optimizer is None:
+        rate = jnp.asarray(
+            DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate, jnp.float32
+        )
+    return Algorithm(
+        problem=prepared.problem,
+        optimizer=optimizer if optimizer is not None else default_optimizer(),
+        settings=Settings(prepared.batch_size, int(num_particles), bool(sticking_the_landing)),
+        learning_rate=rate,
+    )
+
+
+def build(
+    model: Model,
+    *args: Any,
+    family: Any = "amortized",
+    optimizer: optax.GradientTransformation | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    num_particles: int = 1,
+    sticking_the_landing: bool = True,
+    plate: str | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    **kwargs: Any,
+) -> Algorithm:
+    """Stochastic VI of ``model(*args, **kwargs)`` as the pure pair ``init`` / ``step``.
+
+    A loop of one's own over the pair takes the same steps as :func:`avi.fit` with
+    ``num_steps`` (which runs them in compiled chunks)::
+
+        algorithm = avi.vi.build(model, x, family=avi.Amortized(avi.MLP(16)))
+        init_key, run_key, _ = avi.vi.fit_keys(seed)
+        state = algorithm.init(init_key)
+        for k in range(num_steps):
+            batch_key, draw_key = avi.vi.step_keys(run_key, k)
+            state, info = algorithm.step(draw_key, state, algorithm.draw_batch(batch_key))
+
+    Args: as :func:`avi.fit` (in-memory data; streamed data need ``avi.fit``'s reader).
+
+    Returns:
+        The :class:`avi.vi.Algorithm`, its data sharded over ``devices`` when several.
+    """
+    family = as_family(family)
+    prepared = prepare_in_memory(model, args, kwargs, plate, family, batch_size)
+    algorithm = algorithm_for(prepared, optimizer, learning_rate, num_particles, sticking_the_landing)
+    num_data = prepared.problem.layout.num_data
+    mesh = data_mesh(devices, num_data)
+    return algorithm if mesh is None else shard_rows(algorithm, num_data, mesh)
+
+
+def fit_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(init key, run key, check key) of the fit with this seed, as :func:`avi.fit` splits them."""
+    init_key, run_key, check_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return init_key, run_key, check_key

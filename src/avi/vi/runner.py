@@ -1,0 +1,204 @@
+"""The runner: compiled chunks of steps, the stop rule between them, progress and the callback.
+
+Every chunk is one call of a compiled ``lax.scan`` over ``chunk_size`` steps of
+:meth:`avi.vi.Algorithm.step`; steps past the requested count are masked, so every chunk has
+the same length and the program compiles once per fit shape (``equinox.filter_jit`` caches it
+across fits of the same model, family, optimizer and data shapes). The Python loop between
+chunks feeds streamed minibatches, applies the stop rule to a fixed-noise ELBO, reports
+progress and calls the user's callback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from avi.batch import Batch, StreamedRows
+from avi.elbo import Problem, VariationalParams, elbo_draws
+from avi.errors import DivergenceError
+from avi.stream import BatchSource
+from avi.vi.algorithm import Algorithm, restrict, step_keys
+from avi.vi.state import Info, State
+from avi.vi.stop import PlateauRule
+
+Callback = Callable[[int, VariationalParams, Problem], bool | None]
+"""``callback(step, params, problem)`` after every chunk; a true return value stops the fit."""
+
+EVALUATION_DRAWS = 4
+"""Draws of the stop rule's fixed-noise ELBO evaluation."""
+
+
+class History(NamedTuple):
+    """Per chunk: step, mean ELBO estimate of the chunk's steps, wall time (s)."""
+
+    step: np.ndarray
+    elbo: np.ndarray
+    wall_time: np.ndarray
+
+
+class Run(NamedTuple):
+    """What the runner returns.
+
+    Attributes:
+        state: the final state.
+        history: ELBO per chunk.
+        wall_time: seconds of optimisation (compilation included, callback time excluded).
+        reason: why it stopped: "converged", "num_steps", "max_steps" or "callback".
+    """
+
+    state: State
+    history: History
+    wall_time: float
+    reason: str
+
+
+def _run_chunk(
+    algorithm: Algorithm,
+    state: State,
+    key: jax.Array,
+    total: jax.Array,
+    streamed: StreamedRows | None,
+    chunk_size: int,
+) -> tuple[State, Info]:
+    arrays, static = eqx.partition(state, eqx.is_array)
+
+    def body(carry: State, rows: StreamedRows | None) -> tuple[State, Info]:
+        current = eqx.combine(carry, static)
+        batch_key, draw_key = step_keys(key, current.step)
+        batch = algorithm.draw_batch(batch_key) if rows is None else Batch(rows=rows)
+        new, info = algorithm.step(draw_key, current, batch)
+        active = current.step < total
+        new_arrays = jax.tree_util.tree_map(
+            lambda n, o: jnp.where(active, n, o), eqx.filter(new, eqx.is_array), carry
+        )
+        return new_arrays, info
+
+    arrays, info = jax.lax.scan(body, arrays, streamed, length=chunk_size)
+    return eqx.combine(arrays, static), info
+
+
+run_chunk = eqx.filter_jit(_run_chunk)
+"""``run_chunk(algorithm, state, key, total, streamed, chunk_size)``: ``chunk_size`` steps in one
+compiled program; ``streamed`` stacks one :class:`avi.batch.StreamedRows` per step (or None)."""
+
+
+def evaluation_index(key: jax.Array, num_data: int, batch_size: int | None) -> jax.Array | None:
+    """The fixed data on which the stop rule evaluates the ELBO: all data in full-batch mode,
+    else 16 B data drawn once, uniformly with replacement (O(B) work whatever N is)."""
+    if batch_size is None or 16 * batch_size >= num_data:
+        return None
+    return jax.random.randint(key, (16 * batch_size,), 0, num_data)
+
+
+def _evaluate(
+    key: jax.Array, params: VariationalParams, problem: Problem, index: jax.Array | None
+) -> jax.Array:
+    return jnp.mean(elbo_draws(key, params, problem, index, EVALUATION_DRAWS, False))
+
+
+evaluate = eqx.filter_jit(_evaluate)
+"""``evaluate(key, params, problem, index)``: the ELBO at fixed noise (same key every check)."""
+
+
+def _evaluation_target(
+    algorithm: Algorithm, key: jax.Array, source: BatchSource | None
+) -> tuple[Problem, jax.Array | None]:
+    """The problem and rows on which every check evaluates the ELBO."""
+    problem = algorithm.problem
+    if source is None:
+        return problem, evaluation_index(key, problem.layout.num_data, algorithm.settings.batch_size)
+    subset = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    rows = subset.integers(0, problem.layout.num_data, 16 * source.batch_size)
+    return restrict(problem, source.rows(rows)), None
+
+
+def run(
+    algorithm: Algorithm,
+    state: State,
+    key: jax.Array,
+    num_steps: int,
+    *,
+    chunk_size: int = 100,
+    rule: PlateauRule | None = None,
+    check_key: jax.Array | None = None,
+    source: BatchSource | None = None,
+    progress: bool = False,
+    callback: Callback | None = None,
+) -> Run:
+    """Run steps from ``state`` until ``state.step == num_steps``, the rule fires or the
+    callback stops.
+
+    Args:
+        algorithm: the step.
+        state: where to start (``algorithm.init(key)`` or a saved state).
+        key: the fit's run key; step k uses :func:`avi.vi.step_keys` ``(key, k)``.
+        num_steps: total steps (counted from step 0, so a resumed state runs the rest).
+        chunk_size: steps per compiled chunk, and between checks of the rule.
+        rule: the stop rule; None runs exactly ``num_steps``.
+        check_key: key of the rule's fixed-noise evaluations (required with a rule).
+        source: minibatches of streamed data, or None for in-memory data.
+        progress: show a progress bar with the running ELBO.
+        callback: see :data:`Callback`; its time is excluded from the wall times.
+
+    Raises:
+        DivergenceError: every step of a chunk had a non-finite ELBO or gradient.
+    """
+    if rule is not None:
+        check_problem, check_index = _evaluation_target(algorithm, check_key, source)
+    total = jnp.asarray(num_steps, jnp.int32)
+    next_rows = source.chunk() if source is not None else None
+    done = int(state.step)
+    steps, elbos, times = [], [], []
+    paused = 0.0
+    reason = "max_steps" if rule is not None else "num_steps"
+    start = time.perf_counter()
+    with tqdm(
+        total=num_steps,
+        initial=done,
+        disable=not progress,
+        desc=algorithm.problem.family.name,
+        unit="step",
+    ) as bar:
+        while done < num_steps:
+            rows = next_rows
+            state, info = run_chunk(algorithm, state, key, total, rows, chunk_size)
+            if source is not None:  # read the next chunk while the device works on this one
+                next_rows = source.chunk()
+            taken = min(chunk_size, num_steps - done)
+            done += taken
+            chunk_elbo = np.asarray(info.elbo)[:taken]
+            finite = np.asarray(info.finite)[:taken]
+            if not finite.any():
+                raise DivergenceError(
+                    f"Every ELBO or gradient in steps {done - taken}..{done} was NaN or inf. "
+                    "Lower the learning rate (optimizer=optax.adam(1e-3)), add draws "
+                    "(num_particles), or check priors whose support the model leaves."
+                )
+            mean_elbo = float(np.mean(chunk_elbo[finite]))
+            steps.append(done)
+            elbos.append(mean_elbo)
+            times.append(time.perf_counter() - start - paused)
+            bar.update(taken)
+            bar.set_postfix(elbo=f"{mean_elbo:.4g}")
+            if rule is not None:
+                value = evaluate(check_key, state.params, check_problem, check_index)
+                state = state._replace(stop=rule.update(state.stop, value))
+                if bool(state.stop.converged):
+                    reason = "converged"
+                    break
+            if callback is not None:
+                callback_start = time.perf_counter()
+                stop = callback(done, state.params, algorithm.problem)
+                paused += time.perf_counter() - callback_start
+                if stop:
+                    reason = "callback"
+                    break
+    history = History(np.asarray(steps), np.asarray(elbos), np.asarray(times))
+    return Run(state, history, time.perf_counter() - start - paused, reason)
