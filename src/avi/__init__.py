@@ -12,7 +12,14 @@ from avi.diagnostics import (
     refine,
 )
 from avi.encoders import MLP, Polynomial
-from avi.errors import AviError, DataError, DivergenceError, FamilyError, ModelError
+from avi.errors import (
+    AviError,
+    ConvergenceWarning,
+    DataError,
+    DivergenceError,
+    FamilyError,
+    ModelError,
+)
 from avi.families import Amortized, Constant, Factorized, Window
 from avi.fit import Estimate, Fit, History, fit
 from avi.structure import StructureReport, check
@@ -26,6 +33,7 @@ __all__ = [
     "AviError",
     "Comparison",
     "Constant",
+    "ConvergenceWarning",
     "DataError",
     "DivergenceError",
     "Estimate",

@@ -21,3 +21,7 @@ class FamilyError(AviError):
 
 class DivergenceError(AviError):
     """The optimisation produced non-finite ELBOs or gradients and cannot go on."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit stopped without a convergence certificate: some block could still gain nats."""

@@ -89,6 +89,7 @@ class Factorized:
     name = "factorized"
     infers_new_data = False
     table_keys = ("loc", "log_scale")
+    diagonal_keys = (("loc", "log_scale"),)
 
     def prepare(self, features: np.ndarray) -> LocalData:
         num_data = features.shape[0]
@@ -116,6 +117,7 @@ class Constant:
     name = "constant"
     infers_new_data = True
     table_keys = ()
+    diagonal_keys = ()
 
     def prepare(self, features: np.ndarray) -> LocalData:
         return Factorized().prepare(features)
@@ -149,6 +151,7 @@ class Amortized:
     name = "amortized"
     infers_new_data = True
     table_keys = ()
+    diagonal_keys = (("free_loc", "free_log_scale"),)
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, (EncoderSpec, eqx.Module)):

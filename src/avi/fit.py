@@ -22,15 +22,17 @@ from numpyro.distributions.transforms import biject_to
 
 from avi.amortization_warning import warn_if_not_amortizable
 from avi.elbo import Problem, VariationalParams, elbo_draws
-from avi.errors import AviError, FamilyError
+from avi.errors import AviError, ConvergenceWarning, FamilyError
 from avi.families import Family, as_family, count_parameters
 from avi.model import Model, SiteLayout, TracedModel, per_datum_features, trace_model
 from avi.parallel import data_mesh, shard_rows
 from avi.prepare import FeatureScaling, prepare_in_memory, prepare_streamed
-from avi.stream import is_streamed
+from avi.stream import BatchSource, is_streamed
 from avi.vi import History, PlateauRule, State, fit_keys, run
+from avi.vi.algorithm import restrict
 from avi.vi.build import algorithm_for
-from avi.vi.runner import Callback
+from avi.vi.certify import Certificate, certify
+from avi.vi.runner import Callback, Certifier
 
 __all__ = ["Estimate", "Fit", "History", "fit"]
 
@@ -69,8 +71,7 @@ class Fit:
         state: the final :class:`avi.vi.State` (parameters, optimiser and stop-rule states,
             step count): everything needed to go on from here.
         history: ELBO estimates per chunk.
-        converged: whether the stop rule fired before ``max_steps`` (False with ``num_steps``).
-        stop_reason: "converged", "max_steps", "num_steps" or "callback".
+        stop_reason: "converged" (certified), "max_steps", "num_steps" or "callback".
         wall_time: seconds spent in optimisation, compilation included.
         scaling: the encoder inputs' standardization.
         args, kwargs: the model's training arguments.
@@ -82,13 +83,36 @@ class Fit:
     family: Family
     state: State
     history: History
-    converged: bool
     stop_reason: str
     wall_time: float
     scaling: FeatureScaling
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     streamed: bool = False
+    certifier: Certifier | None = field(default=None, repr=False, compare=False)
+    known_certificate: Certificate | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def certificate(self) -> Certificate:
+        """The convergence evidence per parameter block (:class:`avi.vi.Certificate`): the
+        nats a natural-gradient step could still gain, with standard errors and tolerances.
+
+        Computed when the stop rule fired, else on first access (fixed ``num_steps`` fits).
+        """
+        if self.known_certificate is None:
+            self.known_certificate = self.certifier(self.params, 0)
+        return self.known_certificate
+
+    @property
+    def converged(self) -> bool:
+        """Whether every parameter block is certified settled (see :attr:`certificate`).
+
+        A stop-rule fit says so only if it stopped on a certificate; a fixed ``num_steps`` fit
+        reports whether it happens to be certified where it ended.
+        """
+        if self.stop_reason == "num_steps":
+            return self.certificate.certified
+        return self.stop_reason == "converged"
 
     @property
     def params(self) -> VariationalParams:
@@ -410,6 +434,9 @@ def fit(
     if anneal is None:
         anneal = optimizer is None
     rule = PlateauRule(tol, stages=3 if anneal else 1) if num_steps is None else None
+    certifier = _certifier(
+        algorithm.problem, bool(sticking_the_landing), jax.random.fold_in(check_key, 1), prepared.source
+    )
     result = run(
         algorithm,
         state,
@@ -418,21 +445,72 @@ def fit(
         chunk_size=chunk_size,
         rule=rule,
         check_key=check_key,
+        certifier=certifier,
         source=prepared.source,
         progress=progress,
         callback=callback,
     )
-    return Fit(
+    fitted = Fit(
         traced=prepared.traced,
         problem=algorithm.problem,
         family=family,
         state=result.state,
         history=result.history,
-        converged=result.reason == "converged",
         stop_reason=result.reason,
         wall_time=result.wall_time,
         scaling=prepared.scaling,
         args=tuple(args),
         kwargs=dict(kwargs),
         streamed=prepared.source is not None,
+        certifier=certifier,
+        known_certificate=result.certificate,
+    )
+    if result.reason == "max_steps":
+        _warn_unconverged(fitted)
+    return fitted
+
+
+STREAMED_CERTIFICATE_ROWS = 65_536
+"""Rows of streamed data each certificate group reads (a fresh uniform subset per group)."""
+
+
+def _certifier(
+    problem: Problem, sticking_the_landing: bool, key: jax.Array, source: BatchSource | None
+) -> Certifier:
+    """The certificate of a fit's parameters: full data in memory, fresh subsets streamed."""
+    subset = None
+    if source is not None:
+        rows = min(problem.layout.num_data, STREAMED_CERTIFICATE_ROWS)
+
+        def subset(subset_key: jax.Array, on: Problem) -> Problem:
+            seed = int(jax.random.randint(subset_key, (), 0, 2**31 - 1))
+            index = np.random.default_rng(seed).integers(0, on.layout.num_data, rows)
+            return restrict(on, source.rows(index))
+
+    def certifier(params: VariationalParams, attempt: int) -> Certificate:
+        return certify(
+            jax.random.fold_in(key, attempt),
+            params,
+            problem,
+            sticking_the_landing=sticking_the_landing,
+            restrict=subset,
+        )
+
+    return certifier
+
+
+def _warn_unconverged(fitted: Fit) -> None:
+    certificate = fitted.certificate
+    problems = [str(b) for b in certificate.unsettled()]
+    if certificate.non_finite:
+        problems.append(f"{certificate.non_finite} of {certificate.draws} gradient draws were NaN/inf")
+    if fitted.num_skipped:
+        problems.append(f"{fitted.num_skipped} of {fitted.num_steps} steps were skipped as non-finite")
+    warnings.warn(
+        f"avi.fit reached max_steps={fitted.num_steps} without certified convergence: "
+        f"{'; '.join(problems) or 'no block is certified'}. Its posterior is not yet its "
+        "family's optimum: raise max_steps, or change the learning rate (learning_rate=...); "
+        "fit.certificate holds the evidence.",
+        ConvergenceWarning,
+        stacklevel=3,
     )

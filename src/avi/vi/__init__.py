@@ -3,6 +3,7 @@
 from avi.batch import Batch, StreamedRows, draw_batch
 from avi.vi.algorithm import Algorithm, Settings, default_optimizer, step_keys
 from avi.vi.build import build, fit_keys
+from avi.vi.certify import BlockEvidence, Certificate, Tolerances, certify
 from avi.vi.runner import History, Run, run
 from avi.vi.state import Info, OptState, State
 from avi.vi.stop import PlateauRule, StopState
@@ -10,6 +11,8 @@ from avi.vi.stop import PlateauRule, StopState
 __all__ = [
     "Algorithm",
     "Batch",
+    "BlockEvidence",
+    "Certificate",
     "History",
     "Info",
     "OptState",
@@ -19,7 +22,9 @@ __all__ = [
     "State",
     "StopState",
     "StreamedRows",
+    "Tolerances",
     "build",
+    "certify",
     "default_optimizer",
     "draw_batch",
     "fit_keys",

@@ -9,7 +9,6 @@ parameters and optimiser state (the divergence guard) and counts in ``State.skip
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -22,11 +21,9 @@ import optax
 from avi.batch import Batch, StreamedRows, draw_batch
 from avi.elbo import Problem, VariationalParams, elbo_draws
 from avi.families import LocalData
+from avi.vi.initialize import initial_global_log_scale
 from avi.vi.state import Info, OptState, State
 from avi.vi.stop import PlateauRule
-
-INIT_GLOBAL_LOG_SCALE = math.log(0.1)
-"""q(theta) starts at scale 0.1 in unconstrained space, as NumPyro's AutoNormal does."""
 
 DEFAULT_LEARNING_RATE = 1e-2
 """Adam's learning rate when the user gives no optimizer."""
@@ -152,12 +149,16 @@ class Algorithm(eqx.Module):
     learning_rate: jax.Array | None = None
 
     def initial_params(self, key: jax.Array) -> VariationalParams:
-        """q(theta) = N(0, 0.1^2 I) in unconstrained space and the family's initial locals."""
+        """The family's initial locals and q(theta) at zero with scales from the curvature
+        there (:func:`avi.vi.initialize.initial_global_log_scale`), at most 0.1."""
         layout = self.problem.layout
+        local_key, probe_key = jax.random.split(key)
+        local = self.problem.family.init(local_key, self.problem.local_data, layout.local_dim)
+        z, _ = self.problem.family.local_params(local, self.problem.local_data, None)
         return VariationalParams(
             global_loc=jnp.zeros(layout.global_dim),
-            global_log_scale=jnp.full(layout.global_dim, INIT_GLOBAL_LOG_SCALE),
-            local=self.problem.family.init(key, self.problem.local_data, layout.local_dim),
+            global_log_scale=initial_global_log_scale(probe_key, self.problem, z),
+            local=local,
         )
 
     def init(self, key: jax.Array, params: VariationalParams | None = None) -> State:

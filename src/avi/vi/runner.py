@@ -25,11 +25,16 @@ from avi.elbo import Problem, VariationalParams, elbo_draws
 from avi.errors import DivergenceError
 from avi.stream import BatchSource
 from avi.vi.algorithm import Algorithm, restrict, step_keys
+from avi.vi.certify import Certificate, apply_natural_step
 from avi.vi.state import Info, State
 from avi.vi.stop import PlateauRule
 
 Callback = Callable[[int, VariationalParams, Problem], bool | None]
 """``callback(step, params, problem)`` after every chunk; a true return value stops the fit."""
+
+Certifier = Callable[[VariationalParams, int], Certificate]
+"""``certifier(params, attempt)``: the convergence certificate of ``params`` (its draws keyed
+by the attempt number)."""
 
 EVALUATION_DRAWS = 4
 """Draws of the stop rule's fixed-noise ELBO evaluation."""
@@ -51,12 +56,14 @@ class Run(NamedTuple):
         history: ELBO per chunk.
         wall_time: seconds of optimisation (compilation included, callback time excluded).
         reason: why it stopped: "converged", "num_steps", "max_steps" or "callback".
+        certificate: the last certificate computed (None if none was asked for).
     """
 
     state: State
     history: History
     wall_time: float
     reason: str
+    certificate: Certificate | None
 
 
 def _run_chunk(
@@ -128,6 +135,7 @@ def run(
     chunk_size: int = 100,
     rule: PlateauRule | None = None,
     check_key: jax.Array | None = None,
+    certifier: Certifier | None = None,
     source: BatchSource | None = None,
     progress: bool = False,
     callback: Callback | None = None,
@@ -143,6 +151,9 @@ def run(
         chunk_size: steps per compiled chunk, and between checks of the rule.
         rule: the stop rule; None runs exactly ``num_steps``.
         check_key: key of the rule's fixed-noise evaluations (required with a rule).
+        certifier: asked whenever the rule fires; the run stops only on a certificate, and a
+            refusal reopens the rule (:meth:`PlateauRule.reopen`). A run with a rule that ends
+            otherwise is certified once more at its end. None: the rule alone decides.
         source: minibatches of streamed data, or None for in-memory data.
         progress: show a progress bar with the running ELBO.
         callback: see :data:`Callback`; its time is excluded from the wall times.
@@ -158,6 +169,7 @@ def run(
     steps, elbos, times = [], [], []
     paused = 0.0
     reason = "max_steps" if rule is not None else "num_steps"
+    certificate, certified_at, attempts = None, -1, 0
     start = time.perf_counter()
     with tqdm(
         total=num_steps,
@@ -191,8 +203,22 @@ def run(
                 value = evaluate(check_key, state.params, check_problem, check_index)
                 state = state._replace(stop=rule.update(state.stop, value))
                 if bool(state.stop.converged):
-                    reason = "converged"
-                    break
+                    if certifier is None:
+                        reason = "converged"
+                        break
+                    certificate, certified_at = certifier(state.params, attempts), done
+                    attempts += 1
+                    if not certificate.certified and certificate.natural_step is not None:
+                        # Adam's stationary jitter on q(theta) and the tables: take the
+                        # natural-gradient step of the averaged gradient, then certify anew.
+                        params = apply_natural_step(state.params, certificate.natural_step)
+                        certificate = certifier(params, attempts)
+                        attempts += 1
+                        state = state._replace(params=params)
+                    if certificate.certified:
+                        reason = "converged"
+                        break
+                    state = state._replace(stop=rule.reopen(state.stop))
             if callback is not None:
                 callback_start = time.perf_counter()
                 stop = callback(done, state.params, algorithm.problem)
@@ -200,5 +226,8 @@ def run(
                 if stop:
                     reason = "callback"
                     break
+    if rule is not None and certifier is not None and reason != "converged" and certified_at != done:
+        certificate = certifier(state.params, attempts)
+    wall_time = time.perf_counter() - start - paused
     history = History(np.asarray(steps), np.asarray(elbos), np.asarray(times))
-    return Run(state, history, time.perf_counter() - start - paused, reason)
+    return Run(state, history, wall_time, reason, certificate)

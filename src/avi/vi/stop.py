@@ -6,7 +6,12 @@ the change of the variational parameters, not Monte Carlo or subsampling noise. 
 on the best value so far when it exceeds it by more than ``tol * |value|`` (Stan's ADVI relative
 tolerance, Kucukelbir et al. 2017). After ``patience`` checks without improvement the update
 scale is multiplied by ``anneal_factor`` (which shrinks the stationary jitter of stochastic
-optimisation); the fit has converged when the last of ``stages`` plateaus.
+optimisation); the rule fires when the last of ``stages`` plateaus.
+
+The rule only says the ELBO has gone flat: a relative tolerance on a large ELBO cannot see a
+global scale off by 10% (0.01 nats). The runner therefore asks the certificate
+(:mod:`avi.vi.certify`) when the rule fires, and on a refusal :meth:`PlateauRule.reopen` steps
+back one stage (a larger update scale) and lets the rule run again.
 """
 
 from __future__ import annotations
@@ -79,4 +84,14 @@ class PlateauRule:
             stage=stage,
             scale=jnp.asarray(self.anneal_factor, jnp.float32) ** stage,
             converged=state.converged | (plateau & last_stage),
+        )
+
+    def reopen(self, state: StopState) -> StopState:
+        """After a refused certificate: back one stage (a larger update scale), patience reset."""
+        stage = jnp.maximum(state.stage - 1, 0)
+        return state._replace(
+            since_best=jnp.zeros((), jnp.int32),
+            stage=stage,
+            scale=jnp.asarray(self.anneal_factor, jnp.float32) ** stage,
+            converged=jnp.zeros((), bool),
         )
