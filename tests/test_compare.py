@@ -67,7 +67,9 @@ def test_degree_one_closes_the_gap(comparison: avi.Comparison):
     """Prop. 3.6: a linear mean with a shared scale holds the ideal inference function."""
     degree_one = row(comparison, "degree 1")
     assert degree_one["verdict"] == "closed"
-    assert abs(degree_one["gap"]) <= 2 * degree_one["gap_stderr"]
+    # Each fit is certified within its tolerance (0.05 + 1e-5 N nats for a local block) of its
+    # family's optimum, so the paired gap may differ from 0 by that much beyond Monte Carlo.
+    assert abs(degree_one["gap"]) <= 2 * degree_one["gap_stderr"] + 0.05 + 1e-5 * 2_000
     assert degree_one["gap_stderr"] < 0.01  # common random numbers: a sharp test
 
 

@@ -71,9 +71,16 @@ def saw_x() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def saw_fits(saw_x: np.ndarray) -> tuple[avi.Fit, avi.Fit]:
-    """(F-VI, A-VI with an MLP of x_n alone)."""
+    """(F-VI, A-VI with an MLP of x_n alone).
+
+    The encoder of x_n alone converges slowly (its certificate still finds 1-3 nats to gain
+    after 20,000 steps, confirmed by longer runs): a fixed budget keeps the test short; the
+    diagnostics below need the gap's order of magnitude (hundreds of nats), not the optimum.
+    """
     factorized = avi.fit(saw_model, saw_x, family=avi.Factorized(), progress=False)
-    amortized = avi.fit(saw_model, saw_x, family=avi.Amortized(avi.MLP(width=10)), progress=False)
+    amortized = avi.fit(
+        saw_model, saw_x, family=avi.Amortized(avi.MLP(width=10)), num_steps=4000, progress=False
+    )
     return factorized, amortized
 
 

@@ -4,6 +4,26 @@ An encoder *spec* (:class:`MLP`, :class:`Polynomial`) is a small frozen descript
 builds an equinox Module once the input and output sizes are known from the traced model.
 A user may also pass any equinox Module mapping a feature vector of shape (F,) to a pair of
 arrays of shape (D_l,) each; it is used as given.
+
+Initialisation. An encoder starts *data-dependent* and at the factor every family starts from.
+The hidden layers and the output layer's location head keep equinox's default weights
+(U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's Linear default); the log-scale head's weights are
+that default times ``LOG_SCALE_WEIGHT_INIT`` (0.1); the output biases are loc 0 and log-scale
+``INIT_LOG_SCALE``. On the standardized digits of the deep generative experiment a fresh MLP of
+width 5 to 64 then gives locs that vary across the data with sd 0.07-0.08, and scales that
+still depend on the datum yet stay within 12% of 0.1. :class:`Polynomial` weights start at the same
+default for their fan-in (its scale is shared by every datum, 0.1 at the start).
+
+Why, measured. The output weights used to be scaled by 0.01 (loc sd ~0.001 across the data):
+every datum started from nearly the same factor, which is a collapsed encoder, and fits stayed
+there. On the deep generative experiment at its "quick" size (10,000 iterations), seeds 0-2,
+encoders of width 5 and 10 (the paper's 64 and 128) ended reconstructing every image as the
+mean image in 5 of 6 fits (training MSE 0.0730 against the mean image's 0.0729, ELBO about
+-9,700); with this start none of the 9 fits of widths 5, 10, 21 did (MSE 0.034-0.055, ELBO
+-1,550 to -5,840). Equinox's default for the whole output layer, log-scale bias included
+(scales near 1), collapsed in 3 of those 9 fits; default log-scale weights with the bias at
+``INIT_LOG_SCALE`` (scales 0.07-0.14) collapsed in none, as here. The small log-scale weights
+keep the start of every family the same scale, 0.1.
 """
 
 from __future__ import annotations
@@ -29,11 +49,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": jax.nn.silu,
 }
 
-_OUTPUT_INIT_SCALE = 0.01
-"""Output layers start near zero so that every datum starts from nearly the same factor."""
-
 INIT_LOG_SCALE = math.log(0.1)
 """Every factor starts at scale 0.1 in unconstrained space, as NumPyro's AutoNormal does."""
+
+LOG_SCALE_WEIGHT_INIT = 0.1
+"""The MLP's log-scale head starts at equinox's default weights times this: its output depends on
+the datum, yet every scale starts within about 12% of exp(INIT_LOG_SCALE) = 0.1."""
 
 
 @runtime_checkable
@@ -90,15 +111,12 @@ class MLP:
             activation=ACTIVATIONS[self.activation],
             key=key,
         )
+        # Default weights, so that the outputs depend on the datum (see the module docstring);
+        # the log-scale head's scaled down; biases at loc 0 and log-scale INIT_LOG_SCALE.
         last = mlp.layers[-1]
-        mlp = eqx.tree_at(
-            lambda m: (m.layers[-1].weight, m.layers[-1].bias),
-            mlp,
-            (
-                last.weight * _OUTPUT_INIT_SCALE,
-                jnp.zeros_like(last.bias).at[out_size:].set(INIT_LOG_SCALE),
-            ),
-        )
+        weight = last.weight.at[out_size:].multiply(LOG_SCALE_WEIGHT_INIT)
+        bias = jnp.zeros_like(last.bias).at[out_size:].set(INIT_LOG_SCALE)
+        mlp = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (weight, bias))
         return MLPEncoder(mlp=mlp, out_size=out_size)
 
 
@@ -138,7 +156,9 @@ class Polynomial:
             )
 
     def build(self, key: jax.Array, in_size: int, out_size: int) -> PolynomialEncoder:
-        weight = _OUTPUT_INIT_SCALE * jax.random.normal(key, (out_size, in_size * self.degree))
+        fan_in = in_size * self.degree
+        bound = 1.0 / math.sqrt(max(fan_in, 1))  # equinox's (and PyTorch's) Linear default
+        weight = jax.random.uniform(key, (out_size, fan_in), minval=-bound, maxval=bound)
         return PolynomialEncoder(
             weight=weight,
             bias=jnp.zeros(out_size),

@@ -105,7 +105,8 @@ class Certificate(NamedTuple):
     Attributes:
         blocks: one :class:`BlockEvidence` per parameter block.
         draws: Monte Carlo draws of the full-data gradient used.
-        non_finite: draws whose gradient was not finite (any makes the fit uncertified).
+        non_finite: draws whose ELBO or gradient was not finite (any makes the fit uncertified:
+            the ELBO is not defined everywhere q puts mass).
         natural_step: the natural-gradient step of the Gaussian blocks (q(theta) and per-datum
             tables) from the averaged gradient, m += s^2 g_m and log s += g_{log s} / 2, each
             clipped to a trust region (2 s and 0.5); a dict of the parameters it moves
@@ -145,17 +146,18 @@ def _split(params: VariationalParams, pairs: tuple[tuple[str, str], ...]) -> tup
 def _group_gradient(
     keys: jax.Array, params: VariationalParams, problem: Problem, stl: bool
 ) -> tuple[VariationalParams, jax.Array]:
-    """Mean full-data ELBO gradient over the draws of ``keys`` and the number not finite."""
+    """Mean full-data ELBO gradient over the draws of ``keys``, and the number of draws whose
+    ELBO or gradient was not finite (left out of the mean)."""
     trainable, static = eqx.partition(params, eqx.is_inexact_array)
 
-    def one(key: jax.Array) -> Any:
+    def one(key: jax.Array) -> tuple[jax.Array, Any]:
         def elbo(t: VariationalParams) -> jax.Array:
             return jnp.mean(elbo_draws(key, eqx.combine(t, static), problem, None, 1, stl))
 
-        return jax.grad(elbo)(trainable)
+        return jax.value_and_grad(elbo)(trainable)
 
-    grads = jax.lax.map(one, keys)
-    leaves = jax.tree_util.tree_leaves(grads)
+    values, grads = jax.lax.map(one, keys)
+    leaves = [values] + jax.tree_util.tree_leaves(grads)
     finite = jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(g).reshape(keys.shape[0], -1), axis=1) for g in leaves]),
         axis=0,
@@ -178,6 +180,15 @@ def _natural_diagonal(grads: tuple[jax.Array, jax.Array], log_scale: jax.Array) 
         [(g_loc * jnp.exp(log_scale)).ravel(), (g_log_scale / math.sqrt(2.0)).ravel()]
     )
 
+
+DAMPING = 1e-3
+"""Levenberg-Marquardt damping of the shared block's curvature, relative to its mean
+eigenvalue: directions flatter than that (dead units, redundant weights) count as if they had
+that curvature, i.e. the gain is the one available within a trust region, not along a nearly
+flat direction that the quadratic model extrapolates without bound."""
+
+TRACE_PROBES = 4
+"""Rademacher probes of the Hutchinson estimate of the curvature's trace."""
 
 CG_ITERATIONS = 100
 """Cap on conjugate-gradient iterations per solve."""
@@ -204,12 +215,18 @@ def _gauss_newton_solve(
     transpose = jax.linear_transpose(linear, flat)
     rows = problem.layout.num_data / log_scale.shape[0]
     weight = (rows * jnp.exp(-2 * log_scale), jnp.full_like(log_scale, 2.0 * rows))
-    damping = 1e-8 * (jnp.sum(weight[0]) + jnp.sum(weight[1])) / flat.size
 
-    def product(v: jax.Array) -> jax.Array:
+    def curvature(v: jax.Array) -> jax.Array:
         tangent = linear(v)
         (back,) = transpose(jax.tree_util.tree_map(jnp.multiply, weight, tangent))
-        return back + damping * v
+        return back
+
+    probes = jax.random.rademacher(jax.random.PRNGKey(0), (TRACE_PROBES, flat.size), flat.dtype)
+    trace = jnp.mean(jax.vmap(lambda v: jnp.vdot(v, curvature(v)))(probes))
+    damping = DAMPING * trace / flat.size
+
+    def product(v: jax.Array) -> jax.Array:
+        return curvature(v) + damping * v
 
     def solve(r: jax.Array) -> jax.Array:
         return jax.scipy.sparse.linalg.cg(product, r, tol=1e-5, maxiter=CG_ITERATIONS)[0]
@@ -276,7 +293,7 @@ def certify(
         table_name: tolerances.locals_(layout.num_data, layout.local_dim),
         "encoder": tolerances.locals_(layout.num_data, layout.local_dim),
     }
-    vectors: dict[str, list[jax.Array]] = {"globals": [], table_name: [], "encoder": []}
+    vectors: dict[str, list[np.ndarray]] = {"globals": [], table_name: [], "encoder": []}
     solved: list[np.ndarray] = []
     pending: list[jax.Array] = []
     totals: dict[str, jax.Array] | None = None
@@ -295,15 +312,19 @@ def certify(
             totals = moved if totals is None else jax.tree_util.tree_map(jnp.add, totals, moved)
             if layout.global_dim:
                 vectors["globals"].append(
-                    _natural_diagonal(
-                        (grad.global_loc, grad.global_log_scale), params.global_log_scale
+                    np.asarray(
+                        _natural_diagonal(
+                            (grad.global_loc, grad.global_log_scale), params.global_log_scale
+                        )
                     )
                 )
             if tables:
                 vectors[table_name].append(
-                    jnp.concatenate(
+                    np.concatenate(
                         [
-                            _natural_diagonal((grad.local[a], grad.local[b]), params.local[b])
+                            np.asarray(
+                                _natural_diagonal((grad.local[a], grad.local[b]), params.local[b])
+                            )
                             for a, b in tables
                         ]
                     )
@@ -311,10 +332,10 @@ def certify(
             if shared_keys:
                 pending.append(_flat_shared(grad, shared_keys))
             if len(pending) == GROUPS_PER_SOLVE:
-                vectors["encoder"].append(sum(pending) / GROUPS_PER_SOLVE)
+                vectors["encoder"].append(np.mean([np.asarray(p) for p in pending], axis=0))
                 pending = []
         if shared_keys:
-            new = jnp.stack(vectors["encoder"][len(solved) :])
+            new = jnp.asarray(np.stack(vectors["encoder"][len(solved) :]))
             solved.extend(
                 np.asarray(gauss_newton_solve(params, problem, shared_keys, new))
             )
@@ -322,7 +343,7 @@ def certify(
         for name, rows in vectors.items():
             if not rows:
                 continue
-            left = np.asarray(jnp.stack(rows), np.float64)
+            left = np.stack(rows).astype(np.float64)
             right = np.asarray(solved, np.float64) if name == "encoder" else left
             products = 0.5 * left @ right.T
             gain, stderr = _u_statistic(0.5 * (products + products.T))
