@@ -250,7 +250,7 @@ def test_a_fixed_budget_fit_reports_certification_without_a_warning(recwarn):
     short = avi.fit(linear.model, x, family="factorized", num_steps=20, progress=False)
     assert short.stop_reason == "num_steps" and not short.converged
     # A decaying learning rate leaves no stationary jitter: the same budget is certified.
-    decaying = optax.adam(optax.exponential_decay(1e-2, transition_steps=1000, decay_rate=0.01))
+    decaying = optax.adam(optax.exponential_decay(3e-2, transition_steps=1000, decay_rate=0.01))
     long = avi.fit(
         linear.model,
         x,

@@ -164,16 +164,17 @@ def test_plateau_rule_without_annealing_converges_at_the_first_plateau():
 
 
 def _fit_twice(first: dict, second: dict, *args_first, args_second) -> int:
-    avi.fit(linear.model, *args_first, progress=False, **first)
+    """Compilations of the second fit and its certificate, after the first's."""
+    avi.fit(linear.model, *args_first, progress=False, **first).certificate
     before = COUNTER.count
-    avi.fit(linear.model, *args_second, progress=False, **second)
+    avi.fit(linear.model, *args_second, progress=False, **second).certificate
     return COUNTER.count - before
 
 
 @pytest.mark.parametrize("batch_size", [None, 50])
 def test_fits_differing_in_seed_data_and_learning_rate_share_one_program(batch_size):
     family = avi.Amortized(avi.MLP(width=4))
-    options = {"family": family, "batch_size": batch_size, "max_steps": 300}
+    options = {"family": family, "batch_size": batch_size, "num_steps": 300}
     new = _fit_twice(
         {**options, "seed": 0},
         {**options, "seed": 1, "learning_rate": 3e-2},
@@ -226,10 +227,11 @@ out = {}
 for name, family, batch in [("factorized", avi.Factorized(), None),
                             ("amortized-batch", avi.Amortized(avi.MLP(4)), 100)]:
     avi.fit(linear.model, linear.simulate(800, seed=0), family=family, batch_size=batch,
-            max_steps=300, progress=False)
+            num_steps=300, progress=False).certificate
     before = len(events)
     fit = avi.fit(linear.model, linear.simulate(800, seed=1), family=family, batch_size=batch,
-                  max_steps=300, progress=False, seed=3, learning_rate=2e-2)
+                  num_steps=300, progress=False, seed=3, learning_rate=2e-2)
+    fit.certificate
     out[name] = {"new": len(events) - before,
                  "sharded": list(fit.problem.args[0].sharding.spec) == ["data"]}
 print(json.dumps(out))
