@@ -107,11 +107,10 @@ class Certificate(NamedTuple):
         draws: Monte Carlo draws of the full-data gradient used.
         non_finite: draws whose ELBO or gradient was not finite (any makes the fit uncertified:
             the ELBO is not defined everywhere q puts mass).
-        natural_step: the natural-gradient step of the Gaussian blocks (q(theta) and per-datum
-            tables) from the averaged gradient, m += s^2 g_m and log s += g_{log s} / 2, each
-            clipped to a trust region (2 s and 0.5); a dict of the parameters it moves
-            ("global_loc", "global_log_scale" and table keys). For a Gaussian target it is
-            the coordinate-wise optimum given the other blocks (CAVI's update, Lemma 3.1).
+        natural_step: q(theta)'s natural-gradient step from the averaged gradient,
+            m += s^2 g_m and log s += g_{log s} / 2, clipped to a trust region (2 s and 0.5),
+            as {"global_loc": ..., "global_log_scale": ...}. For a Gaussian target it is
+            q(theta)'s optimum given the local factors (CAVI's update, Lemma 3.1).
     """
 
     blocks: tuple[BlockEvidence, ...]
@@ -351,7 +350,7 @@ def certify(
         undecided = any(not b.certified and b.gain - 2 * b.stderr <= b.tolerance for b in evidence)
         if non_finite or not undecided or draws >= max_draws:
             mean = {k: v / (draws // DRAWS_PER_GROUP) for k, v in totals.items()}
-            step = _natural_step(mean, params, tuple(tables)) if not non_finite else None
+            step = _natural_step(mean, params) if not non_finite else None
             return Certificate(tuple(evidence), draws, non_finite, step)
 
 
@@ -362,28 +361,25 @@ TRUST_LOG_SCALE = 0.5
 """A natural step moves a log-scale by at most this much."""
 
 
-def _natural_step(
-    mean: dict[str, jax.Array], params: VariationalParams, pairs: tuple[tuple[str, str], ...]
-) -> dict[str, jax.Array]:
-    """m += s^2 g_m, log s += g_{log s} / 2 (Fisher-preconditioned), clipped to the trust region."""
-    pairs = (("global_loc", "global_log_scale"),) + pairs
-    values = {"global_loc": params.global_loc, "global_log_scale": params.global_log_scale}
-    values.update({k: params.local[k] for pair in pairs[1:] for k in pair})
-    step = {}
-    for loc, log_scale in pairs:
-        scale = jnp.exp(values[log_scale])
-        step[loc] = jnp.clip(scale**2 * mean[loc], -TRUST_LOC * scale, TRUST_LOC * scale)
-        step[log_scale] = jnp.clip(mean[log_scale] / 2, -TRUST_LOG_SCALE, TRUST_LOG_SCALE)
-    return step
+def _natural_step(mean: dict[str, jax.Array], params: VariationalParams) -> dict[str, jax.Array]:
+    """q(theta)'s m += s^2 g_m, log s += g_{log s} / 2 (Fisher-preconditioned), clipped to the
+    trust region."""
+    scale = jnp.exp(params.global_log_scale)
+    return {
+        "global_loc": jnp.clip(
+            scale**2 * mean["global_loc"], -TRUST_LOC * scale, TRUST_LOC * scale
+        ),
+        "global_log_scale": jnp.clip(
+            mean["global_log_scale"] / 2, -TRUST_LOG_SCALE, TRUST_LOG_SCALE
+        ),
+    }
 
 
 def apply_natural_step(params: VariationalParams, step: dict[str, jax.Array]) -> VariationalParams:
-    """``params`` moved by a certificate's :attr:`Certificate.natural_step`."""
-    local = {k: v + step[k] if k in step else v for k, v in params.local.items()}
+    """``params`` with q(theta) moved by a certificate's :attr:`Certificate.natural_step`."""
     return params._replace(
         global_loc=params.global_loc + step["global_loc"],
         global_log_scale=params.global_log_scale + step["global_log_scale"],
-        local=local,
     )
 
 

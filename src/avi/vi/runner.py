@@ -66,6 +66,17 @@ class Run(NamedTuple):
     certificate: Certificate | None
 
 
+def _globals_unsettled(certificate: Certificate) -> bool:
+    return any(b.name == "globals" and not b.certified for b in certificate.blocks)
+
+
+def _gain_left(certificate: Certificate) -> float:
+    """Total estimated gain of the blocks (inf when a draw was not finite)."""
+    if certificate.non_finite:
+        return float("inf")
+    return sum(b.gain for b in certificate.blocks)
+
+
 def _run_chunk(
     algorithm: Algorithm,
     state: State,
@@ -208,13 +219,16 @@ def run(
                         break
                     certificate, certified_at = certifier(state.params, attempts), done
                     attempts += 1
-                    if not certificate.certified and certificate.natural_step is not None:
-                        # Adam's stationary jitter on q(theta) and the tables: take the
-                        # natural-gradient step of the averaged gradient, then certify anew.
+                    if _globals_unsettled(certificate) and certificate.natural_step is not None:
+                        # Adam's stationary jitter on q(theta): take the natural-gradient step
+                        # of the averaged gradient and certify anew; keep it only if the
+                        # certified gain left went down.
                         params = apply_natural_step(state.params, certificate.natural_step)
-                        certificate = certifier(params, attempts)
+                        stepped = certifier(params, attempts)
                         attempts += 1
-                        state = state._replace(params=params)
+                        if _gain_left(stepped) < _gain_left(certificate):
+                            certificate = stepped
+                            state = state._replace(params=params)
                     if certificate.certified:
                         reason = "converged"
                         break
