@@ -357,7 +357,7 @@ def _spec(name: str, scale: float) -> Spec:
             "tau z_j + beta x_jk) (K observations per group, .to_event(1)).",
         )
     if name == "nonlinear":
-        from avi.experiments import nonlinear
+        from avi.paper.experiments import nonlinear
 
         x = np.asarray(nonlinear.simulate(NONLINEAR_N, seed=NONLINEAR_SEED))
         return Spec(
@@ -365,9 +365,9 @@ def _spec(name: str, scale: float) -> Spec:
             nonlinear.model,
             (jnp.asarray(x),),
             {
-                "call": "avi.experiments.nonlinear.model(x)",
+                "call": "avi.paper.experiments.nonlinear.model(x)",
                 "recipe": (
-                    f"x = avi.experiments.nonlinear.simulate({NONLINEAR_N}, seed={NONLINEAR_SEED})"
+                    f"x = avi.paper.experiments.nonlinear.simulate({NONLINEAR_N}, seed={NONLINEAR_SEED})"
                 ),
                 "N": NONLINEAR_N,
                 "seed": NONLINEAR_SEED,
@@ -378,7 +378,7 @@ def _spec(name: str, scale: float) -> Spec:
             },
             _phases(scale, [Phase(10_000, 4, 1e-2, 1e-3), Phase(5_000, 32, 1e-3, 1e-3, 4_000)]),
             lambda p, fine=1: quad_elbo_nonlinear(p, x.astype(np.float64), fine),
-            "The paper's nonlinear model (avi.experiments.nonlinear.model): theta ~ N(0, 1), "
+            "The paper's nonlinear model (avi.paper.experiments.nonlinear.model): theta ~ N(0, 1), "
             "z_n ~ N(0, 1), x_n ~ N(theta + z_n (1 + sin z_n), exp(cos z_n)^2), N = 2,000.",
             # one draw's ELBO has sd ~30 nat here: a 0.02 stderr would take ~2M draws
             mc_max_draws=int(16_000 * scale) + 500,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avi.experiments import linear
+from avi.paper.experiments import linear
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import avi
-from avi.cli_analysis import add_analysis_commands, parse_families
-from avi.experiments import linear
+from avi.cli.analysis import add_analysis_commands, parse_families
+from avi.paper.experiments import linear
 
 MODEL = textwrap.dedent(
     """

@@ -1,4 +1,4 @@
-"""avi.compare on the paper's linear model, checked against its closed forms (Prop. 3.6).
+"""avi.analysis.compare on the paper's linear model, checked against its closed forms (Prop. 3.6).
 
 N = 2,000 (the paper uses 10,000; the closed forms hold for any N, and the fits converge to
 within 0.002 nats of the exact optima, far below the Monte Carlo errors used as tolerances).
@@ -13,8 +13,8 @@ import pytest
 from matplotlib.figure import Figure
 
 import avi
-from avi.compare import EVAL_SEED, REFERENCE, SUMMARY_COLUMNS, over_seeds, verdict
-from avi.experiments import linear
+from avi.analysis.compare import EVAL_SEED, REFERENCE, SUMMARY_COLUMNS, over_seeds, verdict
+from avi.paper.experiments import linear
 
 N = 2_000
 
@@ -26,7 +26,7 @@ def x() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def comparison(x: np.ndarray) -> avi.Comparison:
-    return avi.compare(
+    return avi.analysis.compare(
         linear.model,
         x,
         families={"constant": avi.Constant(), "degree 1": avi.Amortized(avi.Polynomial(1))},
@@ -163,7 +163,7 @@ def test_plots_return_figures(comparison: avi.Comparison, tmp_path):
 
 
 def test_several_seeds_give_one_fit_each(x: np.ndarray):
-    comparison = avi.compare(
+    comparison = avi.analysis.compare(
         linear.model,
         x,
         families={"F": avi.Factorized(), "degree 1": avi.Amortized(avi.Polynomial(1))},
@@ -213,7 +213,7 @@ def test_over_seeds_counts_the_spread_between_seeds():
 )
 def test_bad_arguments_are_named(x: np.ndarray, kwargs, error, match):
     with pytest.raises(error, match=match):
-        avi.compare(linear.model, x, **kwargs)
+        avi.analysis.compare(linear.model, x, **kwargs)
 
 
 def test_unknown_family_name_is_named(comparison: avi.Comparison):

@@ -25,7 +25,7 @@ import optax
 import pytest
 
 import avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 from avi.vi.certify import certify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ def test_a_fixed_budget_fit_reports_certification_without_a_warning(recwarn):
     "refuses honestly (ConvergenceWarning); the optimiser must improve.",
 )
 def test_default_factorized_fit_of_the_nonlinear_model_matches_a_long_run():
-    from avi.experiments import nonlinear
+    from avi.paper.experiments import nonlinear
 
     reference = _reference("nonlinear")
     x = np.asarray(reference["data"]["x"], np.float32)

@@ -5,7 +5,7 @@ predicting the mean training image for every image: it then gives every datum th
 and the decoder ignores z. With output layers started near zero (weights times 0.01) and
 q(theta) started at scale 0.1, the encoders of width 5 and 10 (the paper's 64 and 128)
 collapsed in 5 of 6 fits on seeds 0-2 (MSE 0.0730 against 0.0729); with data-dependent starts
-none does (MSE 0.026-0.055, whichever start q(theta) has; see :mod:`avi.encoders`).
+none does (MSE 0.026-0.055, whichever start q(theta) has; see :mod:`avi.families.encoders`).
 
 The run is the experiment's own quick size (1,000 digits, minibatches of 100, 10,000 iterations,
 Adam at 1e-3), every encoder of width >= the paper's 64 scaled to the digits (5, 10, 21), seeds
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import avi
-from avi.experiments import deep_generative
-from avi.experiments.common import fit_options
+from avi.paper.experiments import deep_generative
+from avi.paper.experiments.common import fit_options
 
 SEEDS = (0, 1, 2)
 COLLAPSE_TOLERANCE = 0.05

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import pytest
 
 import avi
-from avi.encoders import INIT_LOG_SCALE
+from avi.families.encoders import INIT_LOG_SCALE
 
 IN_SIZE, OUT_SIZE, NUM_INPUTS = 64, 5, 512
 

@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 import pytest
 
 import avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 
 
 def no_plate_model(x):

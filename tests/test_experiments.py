@@ -1,4 +1,4 @@
-"""The paper's experiments (avi.experiments) and `avi reproduce`.
+"""The paper's experiments (avi.paper.experiments) and `avi reproduce`.
 
 The default tests run every experiment once at the ``tiny`` size (F-VI and one amortized
 family, two seeds) through the command line and check what it writes, plus the closed forms,
@@ -31,9 +31,9 @@ from scipy.stats import multivariate_normal
 
 import avi
 from avi import AviError, DataError, cli
-from avi.experiments import deep_generative, hmm, linear, nonlinear, registry, saw
-from avi.experiments.common import REFERENCE_LABEL, FamilySpec
-from avi.reproduce import (
+from avi.paper.experiments import deep_generative, hmm, linear, nonlinear, registry, saw
+from avi.paper.experiments.common import REFERENCE_LABEL, FamilySpec
+from avi.paper.reproduce import (
     closes,
     compile_free_times,
     convergence,
@@ -55,7 +55,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     programs and runs them for a few hundred steps, so compilation is most of its time.
     """
     out = tmp_path_factory.mktemp("reproduction")
-    command = [sys.executable, "-W", "error", "-m", "avi.cli", "reproduce", "all", "--size", "tiny"]
+    command = [sys.executable, "-W", "error", "-m", "avi.cli.main", "reproduce", "all", "--size", "tiny"]
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     environment = {**os.environ, "XLA_FLAGS": flags.strip()}
     result = subprocess.run(

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 
 
 @settings(max_examples=50, deadline=None)

@@ -1,7 +1,7 @@
 """The paper's linear model (Prop. 3.6): every family against its closed-form optimum.
 
 Tolerances. The ELBO of a fit is computed *exactly* from its variational parameters
-(:func:`avi.experiments.linear.elbo`), so the "within 1 nat" checks carry no Monte Carlo error.
+(:func:`avi.paper.experiments.linear.elbo`), so the "within 1 nat" checks carry no Monte Carlo error.
 The ELBO is flat in the scale of q(theta): its curvature in log sd(theta) is 2, so a 25% error
 in sd(theta) costs log(1.25)^2 ~ 0.05 nats, far below what a one-draw stop rule resolves, and
 the one-draw gradient in that direction is dominated by the noise of all N data; the default
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 
 
 def exact_elbo(fit: avi.Fit, x: np.ndarray) -> float:

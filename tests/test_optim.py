@@ -12,8 +12,8 @@ import optax
 import pytest
 
 import avi
-from avi.elbo import elbo_draws
-from avi.experiments import linear
+from avi.vi.elbo import elbo_draws
+from avi.paper.experiments import linear
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -160,7 +160,7 @@ def test_factorized_minibatch_step_touches_only_the_batch_rows():
 
 
 def test_init_starts_from_given_parameters_and_is_checked():
-    from avi.elbo import VariationalParams
+    from avi.vi.elbo import VariationalParams
 
     x = linear.simulate(300, seed=0)
     amortized = avi.fit(linear.model, x, family=avi.Amortized(avi.Polynomial(1)), progress=False)

@@ -16,7 +16,7 @@ import pytest
 
 SCRIPT = """
 import json, jax, numpy as np, avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 x = linear.simulate(1000, seed=0)
 out = {"devices": len(jax.devices())}
 for name, family, batch in [("factorized", avi.Factorized(), None),
@@ -62,8 +62,8 @@ def test_devices_that_do_not_divide_the_data_are_refused():
     import jax
 
     import avi
-    from avi.experiments import linear
-    from avi.parallel import data_mesh
+    from avi.paper.experiments import linear
+    from avi.data.shard import data_mesh
 
     assert data_mesh(None, 7) is None  # one device in this process
     with pytest.raises(avi.AviError, match="do not divide N=7"):

@@ -8,7 +8,7 @@ import numpyro.distributions as dist
 import pytest
 
 import avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 
 NUM_DATA = 50_000
 

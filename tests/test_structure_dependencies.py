@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=120).astype(np.float32)

@@ -14,7 +14,7 @@ import numpyro.distributions as dist
 import pytest
 
 import avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=120).astype(np.float32)

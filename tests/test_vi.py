@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -218,7 +218,7 @@ def test_elbo_reuses_one_program_for_any_number_of_draws():
 
 SHARDED = """
 import json, jax, numpy as np, avi
-from avi.experiments import linear
+from avi.paper.experiments import linear
 events = []
 jax.monitoring.register_event_duration_secs_listener(
     lambda event, duration, **kw: events.append(event)

@@ -1,8 +1,8 @@
 """avi: amortized variational inference for NumPyro models (Margossian and Blei, 2024)."""
 
 from avi.amortization_warning import AmortizationWarning, warn_if_not_amortizable
-from avi.compare import Comparison, compare
-from avi.diagnostics import (
+from avi.analysis.compare import Comparison, compare
+from avi.analysis.diagnostics import (
     GeneralizationGap,
     GradientNorm,
     factor_gradient_norm,
@@ -11,7 +11,7 @@ from avi.diagnostics import (
     psis_khat,
     refine,
 )
-from avi.encoders import MLP, Polynomial
+from avi.families.encoders import MLP, Polynomial
 from avi.errors import (
     AviError,
     ConvergenceWarning,
@@ -23,7 +23,7 @@ from avi.errors import (
 from avi.families import Amortized, Constant, Factorized, Window
 from avi.fit import Estimate, Fit, History, fit
 from avi.structure import StructureReport, check
-from avi.sweep import Sweep, sweep
+from avi.analysis.sweep import Sweep, sweep
 from avi import vi
 
 __all__ = [

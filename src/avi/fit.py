@@ -1,6 +1,6 @@
 """``avi.fit``: fit a NumPyro model with a variational family, and the :class:`Fit` it returns.
 
-``avi.fit`` is orchestration: it prepares the problem (:mod:`avi.prepare`), builds the pure pair
+``avi.fit`` is orchestration: it prepares the problem (:mod:`avi.data.prepare`), builds the pure pair
 ``init``/``step`` (:mod:`avi.vi`), and hands both to the runner (:func:`avi.vi.run`).
 """
 
@@ -21,13 +21,14 @@ import optax
 from numpyro.distributions.transforms import biject_to
 
 from avi.amortization_warning import warn_if_not_amortizable
-from avi.elbo import Problem, VariationalParams, elbo_draws
+from avi.vi.elbo import Problem, VariationalParams, elbo_draws
 from avi.errors import AviError, ConvergenceWarning, FamilyError
 from avi.families import Family, as_family, count_parameters
-from avi.model import Model, SiteLayout, TracedModel, per_datum_features, trace_model
-from avi.parallel import data_mesh, shard_rows
-from avi.prepare import FeatureScaling, prepare_in_memory, prepare_streamed
-from avi.stream import BatchSource, is_streamed
+from avi.data.rows import per_datum_features
+from avi.model import Model, SiteLayout, TracedModel, trace_model
+from avi.data.shard import data_mesh, shard_rows
+from avi.data.prepare import FeatureScaling, prepare_in_memory, prepare_streamed
+from avi.data.stream import BatchSource, is_streamed
 from avi.vi import History, PlateauRule, State, fit_keys, run
 from avi.vi.algorithm import restrict
 from avi.vi.build import algorithm_for
@@ -387,7 +388,7 @@ def fit(
         num_steps: run exactly this many steps (the stop rule is off).
         max_steps: cap on the number of steps when the stop rule decides.
         tol: the stop rule's relative-change threshold (see :class:`avi.vi.PlateauRule`).
-        batch_size: data per step; None chooses (see :func:`avi.prepare.resolve_batch_size`): the full
+        batch_size: data per step; None chooses (see :func:`avi.data.prepare.resolve_batch_size`): the full
             batch for F-VI or N <= 8192, else 1024.
         num_particles: Monte Carlo draws per step.
         sticking_the_landing: use the sticking-the-landing gradient estimator (Roeder et al.

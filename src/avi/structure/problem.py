@@ -24,7 +24,8 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.initialization import init_to_uniform
 
 from avi.errors import ModelError
-from avi.model import Model, ModelLayout, _is_latent, _plate_axis, _plate_names
+from avi.data.rows import map_per_datum
+from avi.model import Model, ModelLayout, is_latent, plate_axis, plate_names
 
 SUB_SIZE = 32
 """Data in the analysed sub-problem; windows must be narrower than this to be recognised."""
@@ -161,20 +162,11 @@ def _per_datum_sites(
     return locals_, observed
 
 
-def _map_per_datum(
-    layout: ModelLayout, args: Sequence[Any], kwargs: Mapping[str, Any], fn: Callable[[Any], Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The arguments with ``fn`` applied to every per-datum array (positional ones first)."""
-    mapped_args = tuple(fn(a) if i in layout.per_datum_args else a for i, a in enumerate(args))
-    mapped_kwargs = {k: fn(a) if k in layout.per_datum_kwargs else a for k, a in kwargs.items()}
-    return mapped_args, mapped_kwargs
-
-
 def _head(
     layout: ModelLayout, args: Sequence[Any], kwargs: Mapping[str, Any], stop: int
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The arguments with every per-datum array cut to its first ``stop`` rows."""
-    return _map_per_datum(layout, args, kwargs, lambda a: a[:stop])
+    return map_per_datum(layout, args, kwargs, lambda a: a[:stop])
 
 
 def _is_discrete(value: Any) -> bool:
@@ -185,14 +177,14 @@ def _is_discrete(value: Any) -> bool:
 def _site(site: Mapping[str, Any], plate: str) -> Site:
     """Summarise a NumPyro sample message (see :class:`Site`)."""
     shape = tuple(jnp.shape(site["value"]))
-    latent = _is_latent(site)
-    plates = tuple(_plate_names(site))
+    latent = is_latent(site)
+    plates = tuple(plate_names(site))
     return Site(
         kind="factor" if isinstance(site["fn"], dist.Unit) else "latent" if latent else "observed",
         plates=plates,
         shape=shape,
         unconstrained=tuple(biject_to(site["fn"].support).inverse_shape(shape)) if latent else None,
-        plate_axis=_plate_axis(site, plate) if plate in plates else None,
+        plate_axis=plate_axis(site, plate) if plate in plates else None,
         discrete=_is_discrete(site["value"]) or site["fn"].support.is_discrete,
     )
 
@@ -206,12 +198,12 @@ def _structure(
     Only the per-datum arrays are abstract, so sizes given as plain numbers stay concrete.
     """
     arrays: list[Any] = []
-    _map_per_datum(layout, args, kwargs, arrays.append)
+    map_per_datum(layout, args, kwargs, arrays.append)
     found: list[_Structure] = []
 
     def run(abstract: list[jax.Array]) -> None:
         given = iter(abstract)
-        call_args, call_kwargs = _map_per_datum(layout, args, kwargs, lambda _: next(given))
+        call_args, call_kwargs = map_per_datum(layout, args, kwargs, lambda _: next(given))
         seeded = handlers.seed(model, rng_seed=0)
         initialised = handlers.substitute(seeded, substitute_fn=init_to_uniform)
         trace = handlers.trace(initialised).get_trace(*call_args, **call_kwargs)

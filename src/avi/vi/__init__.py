@@ -1,6 +1,6 @@
 """Stochastic VI as pure functions: State, ``init``/``step``, the stop rule and the runner."""
 
-from avi.batch import Batch, StreamedRows, draw_batch
+from avi.data.batch import Batch, StreamedRows, draw_batch
 from avi.vi.algorithm import Algorithm, Settings, default_optimizer, step_keys
 from avi.vi.build import build, fit_keys
 from avi.vi.certify import BlockEvidence, Certificate, Tolerances, certify

@@ -2,7 +2,7 @@
 ``step(key, state, batch) -> (State, Info)``, in the manner of BlackJAX's ``VIAlgorithm``.
 
 A step estimates the negative ELBO on its batch with ``num_particles`` reparameterized draws
-(:func:`avi.elbo.elbo_draws`), differentiates it, and applies the optax transform, the update
+(:func:`avi.vi.elbo.elbo_draws`), differentiates it, and applies the optax transform, the update
 multiplied by the stop rule's scale. A step whose loss or gradient is not finite keeps the old
 parameters and optimiser state (the divergence guard) and counts in ``State.skipped``.
 """
@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from avi.batch import Batch, StreamedRows, draw_batch
-from avi.elbo import Problem, VariationalParams, elbo_draws
+from avi.data.batch import Batch, StreamedRows, draw_batch
+from avi.vi.elbo import Problem, VariationalParams, elbo_draws
 from avi.families import LocalData
 from avi.vi.initialize import initial_global_log_scale
 from avi.vi.state import Info, OptState, State
@@ -189,7 +189,7 @@ class Algorithm(eqx.Module):
         return opt_state._replace(hyperparams=hyperparams)
 
     def draw_batch(self, key: jax.Array) -> Batch:
-        """A batch of the in-memory data (:func:`avi.batch.draw_batch` with this batch size)."""
+        """A batch of the in-memory data (:func:`avi.data.batch.draw_batch` with this batch size)."""
         return draw_batch(key, self.problem.layout.num_data, self.settings.batch_size)
 
     def step(self, key: jax.Array, state: State, batch: Batch) -> tuple[State, Info]:

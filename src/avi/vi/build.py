@@ -12,8 +12,8 @@ import optax
 from avi.errors import AviError
 from avi.families import as_family
 from avi.model import Model
-from avi.parallel import data_mesh, shard_rows
-from avi.prepare import Prepared, prepare_in_memory
+from avi.data.shard import data_mesh, shard_rows
+from avi.data.prepare import Prepared, prepare_in_memory
 from avi.vi.algorithm import DEFAULT_LEARNING_RATE, Algorithm, Settings, default_optimizer
 
 

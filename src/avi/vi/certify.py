@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from avi.elbo import Problem, VariationalParams, elbo_draws
+from avi.vi.elbo import Problem, VariationalParams, elbo_draws
 
 DRAWS_PER_GROUP = 8
 """Draws averaged into one group's gradient (one compiled program for every round)."""

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from avi.batch import Batch, StreamedRows
-from avi.elbo import Problem, VariationalParams, elbo_draws
+from avi.data.batch import Batch, StreamedRows
+from avi.vi.elbo import Problem, VariationalParams, elbo_draws
 from avi.errors import DivergenceError
-from avi.stream import BatchSource
+from avi.data.stream import BatchSource
 from avi.vi.algorithm import Algorithm, restrict, step_keys
 from avi.vi.certify import Certificate, apply_natural_step
 from avi.vi.state import Info, State
@@ -104,7 +104,7 @@ def _run_chunk(
 
 run_chunk = eqx.filter_jit(_run_chunk)
 """``run_chunk(algorithm, state, key, total, streamed, chunk_size)``: ``chunk_size`` steps in one
-compiled program; ``streamed`` stacks one :class:`avi.batch.StreamedRows` per step (or None)."""
+compiled program; ``streamed`` stacks one :class:`avi.data.batch.StreamedRows` per step (or None)."""
 
 
 def evaluation_index(key: jax.Array, num_data: int, batch_size: int | None) -> jax.Array | None:

@@ -1,0 +1,1 @@
+"""Consumers of fits: comparisons of families, sweeps, refinement, diagnostics and plots."""

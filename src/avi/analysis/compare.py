@@ -1,0 +1,406 @@
+"""``avi.analysis.compare``: fit several variational families to one model and report the amortization gap.
+
+The amortization gap of a family is the ELBO that F-VI reaches and the family does not
+(Prop. 2.1: the amortized family is a subset of the factorized one, so the gap is >= 0 at the
+optima; it closes iff an ideal inference function exists, Theorem 3.4). Here it is measured
+between fitted approximations:
+
+* ELBO of a fit: ``fit.elbo_draws(eval_particles, seed=EVAL_SEED + seed)``; every family of a
+  seed gets the same draws (common random numbers), so the paired differences to F-VI have a
+  small variance.
+* Gap: the mean of the paired differences ELBO_F-VI(draw) - ELBO_family(draw), with standard
+  error sd / sqrt(draws). Over several seeds: the mean over seeds, with standard error
+  max(Monte Carlo stderr of that mean, sd over seeds / sqrt(seeds)), so that optimisation
+  noise counts too.
+* Verdict: "closed" when gap <= VERDICT_STDERRS standard errors + ``tolerance`` (default 0:
+  the gap is zero within Monte Carlo and seed error), "open" otherwise; "reference" for F-VI
+  itself. A positive ``tolerance`` (nats) forgives optimisation error, which Monte Carlo
+  error does not cover: an MLP encoder stopped by the stop rule can stay a few tenths of a nat
+  below F-VI although an ideal function is within its reach (README: MLP(16) on the linear
+  model, N = 10,000, 0.37 +- 0.03 nats).
+* Wall time and time to convergence exclude compilation, which would otherwise dominate small
+  problems and favour whichever family happened to reuse a compiled program: the first
+  chunk's excess time over the second chunk's is subtracted (:func:`compilation_time`).
+  Time to convergence is the wall time of the first point of ``fit.history`` whose ELBO is
+  within 1% of F-VI's final ELBO E*, i.e. >= E* - 0.01 |E*| (the paper's criterion,
+  section 4); NaN if never. Medians over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from avi.analysis.diagnostics import factor_gradient_norm, per_datum_elbo_draws, refine, split_options
+from avi.errors import AviError, FamilyError
+from avi.families import Factorized, Family, as_family
+from avi.fit import Estimate, Fit, History
+from avi.fit import fit as fit_model
+from avi.model import Model
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+EVAL_SEED = 10_000
+"""The fits of seed s are evaluated with the draws of seed EVAL_SEED + s."""
+VERDICT_STDERRS = 2.0
+"""A gap is "closed" when at most this many standard errors."""
+CONVERGENCE_FRACTION = 0.01
+"""The paper's convergence criterion: ELBO within 1% of F-VI's final ELBO."""
+REFERENCE = "F-VI"
+"""Name of the F-VI reference that :func:`compare` adds when no family is Factorized."""
+SUMMARY_COLUMNS = (
+    "family", "elbo", "stderr", "gap", "gap_stderr", "verdict", "steps", "wall_time",
+    "time_to_convergence", "num_parameters",
+)  # fmt: skip
+
+
+def paired_gap(reference: np.ndarray, draws: np.ndarray) -> Estimate:
+    """Mean and standard error of reference - draws, draw by draw (common random numbers)."""
+    difference = np.asarray(reference, np.float64) - np.asarray(draws, np.float64)
+    return Estimate(
+        float(difference.mean()), float(difference.std(ddof=1) / math.sqrt(difference.size))
+    )
+
+
+def over_seeds(estimates: Sequence[Estimate]) -> Estimate:
+    """Mean over seeds; stderr max(Monte Carlo stderr of the mean, sd over seeds / sqrt(seeds))."""
+    means = np.array([e.mean for e in estimates])
+    count = means.size
+    monte_carlo = math.sqrt(sum(e.stderr**2 for e in estimates)) / count
+    spread = float(means.std(ddof=1)) / math.sqrt(count) if count > 1 else 0.0
+    return Estimate(float(means.mean()), max(monte_carlo, spread))
+
+
+def verdict(gap: Estimate, tolerance: float = 0.0) -> str:
+    """Return "closed" if the gap is at most VERDICT_STDERRS stderrs + tolerance, else "open"."""
+    return "closed" if gap.mean <= VERDICT_STDERRS * gap.stderr + tolerance else "open"
+
+
+def _median(values: Iterable[float]) -> float:
+    """Median, counting NaN (never) as +inf; NaN when that median is +inf."""
+    finite_or_inf = np.nan_to_num(np.asarray(list(values), np.float64), nan=np.inf)
+    median = float(np.median(finite_or_inf))
+    return median if math.isfinite(median) else math.nan
+
+
+def compilation_time(fit: Fit) -> float:
+    """Compilation time within a fit's wall time: the first chunk's excess over the second's."""
+    times = fit.history.wall_time
+    if times.size < 2:
+        return 0.0
+    return max(0.0, float(times[0] - (times[1] - times[0])))
+
+
+def first_time_within(fit: Fit, target: float) -> float:
+    """Wall time (compilation excluded) of the first history point with ELBO >= target, or NaN."""
+    reached = np.flatnonzero(fit.history.elbo >= target)
+    if not reached.size:
+        return math.nan
+    return float(fit.history.wall_time[reached[0]]) - compilation_time(fit)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Fits of several families to one model, with the draws that score them.
+
+    Attributes:
+        families: name -> family, in the order given (the added reference first, if any).
+        reference: name of the F-VI reference family.
+        added_reference: whether :func:`compare` added the reference (no family was Factorized).
+        seeds: the seeds, one fit of every family per seed.
+        fits: name -> the fits, one per seed.
+        draws: name -> per seed, the ELBO draws of seed EVAL_SEED + seed.
+        options: the options every fit got (those of :func:`avi.fit`).
+        tolerance: nats of gap forgiven beyond Monte Carlo error in the verdicts.
+    """
+
+    families: Mapping[str, Family]
+    reference: str
+    added_reference: bool
+    seeds: tuple[int, ...]
+    fits: Mapping[str, tuple[Fit, ...]]
+    draws: Mapping[str, tuple[np.ndarray, ...]]
+    options: Mapping[str, Any]
+    tolerance: float = 0.0
+
+    def _name(self, family: str) -> str:
+        if family not in self.families:
+            raise FamilyError(
+                f"family={family!r} is not in this comparison; its families are "
+                f"{', '.join(repr(n) for n in self.families)}."
+            )
+        return family
+
+    def elbo(self, family: str) -> Estimate:
+        """The family's ELBO, over seeds."""
+        draws = self.draws[self._name(family)]
+        return over_seeds(
+            [Estimate(float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))) for d in draws]
+        )
+
+    def gap(self, family: str) -> Estimate:
+        """The family's gap to F-VI (paired, common random numbers), over seeds."""
+        reference = self.draws[self.reference]
+        return over_seeds(
+            [
+                paired_gap(r, d)
+                for r, d in zip(reference, self.draws[self._name(family)], strict=True)
+            ]
+        )
+
+    def summary(self) -> pd.DataFrame:
+        """One row per family, with columns SUMMARY_COLUMNS (module docstring for each).
+
+        ``steps``, ``wall_time`` and ``time_to_convergence`` are medians over seeds;
+        ``num_parameters`` counts the scalar variational parameters (2N + 2 for F-VI with one
+        local and one global coordinate; a fixed number for an encoder).
+        """
+        target_elbo = self.elbo(self.reference).mean
+        target = target_elbo - CONVERGENCE_FRACTION * abs(target_elbo)
+        rows = []
+        for name in self.families:
+            fits = self.fits[name]
+            elbo, gap = self.elbo(name), self.gap(name)
+            rows.append(
+                {
+                    "family": name,
+                    "elbo": elbo.mean,
+                    "stderr": elbo.stderr,
+                    "gap": gap.mean,
+                    "gap_stderr": gap.stderr,
+                    "verdict": (
+                        "reference" if name == self.reference else verdict(gap, self.tolerance)
+                    ),
+                    "steps": _median(f.num_steps for f in fits),
+                    "wall_time": _median(f.wall_time - compilation_time(f) for f in fits),
+                    "time_to_convergence": _median(first_time_within(f, target) for f in fits),
+                    "num_parameters": fits[0].num_parameters,
+                }
+            )
+        return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+    def per_datum_gaps(self, family: str, num_particles: int = 100) -> np.ndarray:
+        """Which data the family serves worst: l_n(F-VI) - l_n(family) for every datum n.
+
+        l_n is datum n's ELBO contribution (:mod:`avi.analysis.diagnostics`): the expected log density
+        of the data plate's slice n (the prior of z_n and the likelihood of x_n) under
+        q(theta) q(z_n), plus the entropy of q(z_n). The F-VI ELBO minus the family's is the
+        sum of these gaps plus the difference of the global parts E_q[log p(theta)] +
+        H[q(theta)] (small: both families fit q(theta) alike). Estimated with common random
+        numbers (the same draws for both families), averaged over seeds.
+
+        Args:
+            family: a family's name.
+            num_particles: Monte Carlo draws per fit.
+
+        Returns:
+            (N,) array of per-datum gaps.
+        """
+        gaps = [
+            per_datum_elbo_draws(
+                reference, num_particles=num_particles, seed=EVAL_SEED + seed
+            ).mean(0)
+            - per_datum_elbo_draws(own, num_particles=num_particles, seed=EVAL_SEED + seed).mean(0)
+            for seed, reference, own in zip(
+                self.seeds, self.fits[self.reference], self.fits[self._name(family)], strict=True
+            )
+        ]
+        return np.mean(gaps, axis=0)
+
+    def refinement(
+        self, num_steps: int | None = None, gradient_particles: int = 1000, **options: Any
+    ) -> pd.DataFrame:
+        """How much of each family's gap refinement recovers, and the F-VI gradient there.
+
+        For every family that assigns factors through a shared function (amortized or
+        constant), each seed's fit is refined (:func:`avi.refine`: F-VI started from its
+        factors, the paper's section 5 diagnostic) and scored with the same draws.
+
+        Columns: family; gap, gap_stderr (as in :meth:`summary`); refined_gap,
+        refined_gap_stderr (the refined fit's gap to F-VI); recovered = 1 - refined_gap / gap,
+        the fraction of the gap that refinement recovers (NaN when the gap is closed: nothing
+        to recover); gradient_norm, gradient_noise (:func:`avi.factor_gradient_norm` at the
+        fit, mean over seeds: about zero when the encoder is ideal).
+
+        Args:
+            num_steps: refinement steps (None: the stop rule decides).
+            gradient_particles: draws of the gradient estimate.
+            **options: options of the refinement's :func:`avi.fit` (e.g. ``optimizer``).
+        """
+        options = {"progress": self.options.get("progress", True), **options}
+        rows = []
+        for name, family in self.families.items():
+            if not family.infers_new_data:
+                continue
+            refined, norms = [], []
+            for seed, fit, reference in zip(
+                self.seeds, self.fits[name], self.draws[self.reference], strict=True
+            ):
+                draws = refine(fit, num_steps=num_steps, **options).elbo_draws(
+                    reference.size, seed=EVAL_SEED + seed
+                )
+                refined.append(paired_gap(reference, draws))
+                norms.append(
+                    factor_gradient_norm(
+                        fit, num_particles=gradient_particles, seed=EVAL_SEED + seed
+                    )
+                )
+            gap, refined_gap = self.gap(name), over_seeds(refined)
+            rows.append(
+                {
+                    "family": name,
+                    "gap": gap.mean,
+                    "gap_stderr": gap.stderr,
+                    "refined_gap": refined_gap.mean,
+                    "refined_gap_stderr": refined_gap.stderr,
+                    "recovered": (
+                        1 - refined_gap.mean / gap.mean
+                        if verdict(gap, self.tolerance) == "open"
+                        else math.nan
+                    ),
+                    "gradient_norm": float(np.mean([n.norm for n in norms])),
+                    "gradient_noise": float(np.mean([n.noise for n in norms])),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def plot_elbo(self) -> Figure:
+        """ELBO against wall time (compilation excluded) for every family and seed."""
+        from avi.analysis import comparison_plots  # matplotlib only when plotting: keeps `import avi` light
+
+        def compile_free(fit: Fit) -> History:
+            return fit.history._replace(wall_time=fit.history.wall_time - compilation_time(fit))
+
+        return comparison_plots.elbo_against_time(
+            {name: [compile_free(f) for f in fits] for name, fits in self.fits.items()},
+            self.elbo(self.reference).mean,
+            CONVERGENCE_FRACTION,
+        )
+
+    def plot_per_datum_gaps(self, family: str, num_particles: int = 100) -> Figure:
+        """Histogram of :meth:`per_datum_gaps`."""
+        from avi.analysis import comparison_plots  # matplotlib only when plotting
+
+        return comparison_plots.per_datum_gap_histogram(
+            self.per_datum_gaps(family, num_particles), family, self.reference
+        )
+
+
+def _families(families: Mapping[str, Any] | None) -> tuple[dict[str, Family], str, bool]:
+    """(name -> family with the reference first if added, the reference's name, added?).
+
+    Raises:
+        FamilyError: no family, a value that is not a family, or a name clash with REFERENCE.
+    """
+    if families is None:
+        families = {name: name for name in ("factorized", "constant", "amortized")}
+    if not isinstance(families, Mapping) or not families:
+        raise FamilyError(
+            f"families={families!r}: give a non-empty dict of name -> family, e.g. "
+            "{'F-VI': avi.Factorized(), 'A-VI': avi.Amortized(avi.MLP(width=16))}."
+        )
+    resolved = {}
+    for name, family in families.items():
+        try:
+            resolved[str(name)] = as_family(family)
+        except FamilyError as error:
+            raise FamilyError(f"families[{name!r}]: {error}") from error
+    factorized = [name for name, family in resolved.items() if isinstance(family, Factorized)]
+    if factorized:
+        return resolved, factorized[0], False
+    if REFERENCE in resolved:
+        raise FamilyError(
+            f"families[{REFERENCE!r}] is not Factorized, but no family is, so compare would add "
+            f"avi.Factorized() as the reference under that name; rename it or make it Factorized."
+        )
+    return {REFERENCE: Factorized(), **resolved}, REFERENCE, True
+
+
+def _seeds(seeds: int | Sequence[int]) -> tuple[int, ...]:
+    """``seeds`` as a tuple: an int n means 0..n-1.
+
+    Raises:
+        AviError: not a positive int nor a sequence of distinct ints.
+    """
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool) and seeds >= 1:
+        return tuple(range(int(seeds)))
+    if (
+        isinstance(seeds, Sequence)
+        and seeds
+        and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds)
+        and len(set(seeds)) == len(seeds)
+    ):
+        return tuple(int(s) for s in seeds)
+    raise AviError(f"seeds={seeds!r}: give a number of seeds >= 1 or a list of distinct ints.")
+
+
+def compare(
+    model: Model,
+    *args: Any,
+    families: Mapping[str, Any] | None = None,
+    seeds: int | Sequence[int] = 1,
+    eval_particles: int = 1000,
+    tolerance: float = 0.0,
+    **options: Any,
+) -> Comparison:
+    """Fit ``model(*args, **model_kwargs)`` with every family and measure the amortization gap.
+
+    The F-VI reference is the first Factorized family of ``families``; when there is none,
+    ``avi.Factorized()`` is added under the name ``"F-VI"`` (:data:`REFERENCE`) and fitted
+    first. Every family is fitted once per seed with the same options; the module docstring
+    says how fits are scored. ``comparison.summary()`` gives the table.
+
+    Args:
+        model: a NumPyro model.
+        *args: the model's positional arguments.
+        families: name -> family (``avi.Factorized()``, ``avi.Constant()``,
+            ``avi.Amortized(encoder, inputs)`` or the strings "factorized", "constant",
+            "amortized"); default: those three strings.
+        seeds: number of seeds (0..seeds-1) or a list of seeds.
+        eval_particles: draws of each final ELBO.
+        tolerance: nats of gap forgiven in the verdicts beyond Monte Carlo error (module
+            docstring); default 0.
+        **options: options of :func:`avi.fit` (``num_steps``, ``optimizer``, ``batch_size``,
+            ``progress``, ...) for every fit, except ``family`` and ``seed``; all other
+            keywords are the model's keyword arguments.
+
+    Returns:
+        The :class:`Comparison`.
+
+    Raises:
+        FamilyError: a family that is not one, or a name clash with the added reference.
+        AviError: bad ``seeds``, ``eval_particles`` or ``tolerance``, or ``family`` or ``seed``
+            among the options.
+    """
+    resolved, reference, added = _families(families)
+    seed_list = _seeds(seeds)
+    if not isinstance(eval_particles, (int, np.integer)) or eval_particles < 2:
+        raise AviError(f"eval_particles={eval_particles!r}: give an integer >= 2.")
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not tolerance >= 0:
+        raise AviError(f"tolerance={tolerance!r}: give a number of nats >= 0.")
+    fit_options, model_kwargs = split_options(options)
+    clash = sorted({"family", "seed"} & fit_options.keys())
+    if clash:
+        raise AviError(
+            f"compare sets {' and '.join(clash)} for each fit itself: give families= and seeds=."
+        )
+    fits: dict[str, tuple[Fit, ...]] = {}
+    draws: dict[str, tuple[np.ndarray, ...]] = {}
+    for name, family in resolved.items():
+        fits[name] = tuple(
+            fit_model(model, *args, family=family, seed=seed, **fit_options, **model_kwargs)
+            for seed in seed_list
+        )
+        draws[name] = tuple(
+            f.elbo_draws(int(eval_particles), seed=EVAL_SEED + seed)
+            for seed, f in zip(seed_list, fits[name], strict=True)
+        )
+    return Comparison(
+        resolved, reference, added, seed_list, fits, draws, fit_options, float(tolerance)
+    )

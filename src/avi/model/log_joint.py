@@ -1,0 +1,115 @@
+"""A pure log joint density over flat unconstrained latent vectors.
+
+With ``T = biject_to(support)`` and unconstrained ``u``, the density that is integrated is
+
+    log p(x, T(u)) + log |det J_T(u)|.
+
+:func:`log_joint` evaluates it for one draw of the flat global vector ``theta_u`` (shape
+``(D_g,)``) and the flat local matrix ``z_u`` (shape ``(B, D_l)``) on a batch of ``B`` data,
+scaling every term inside the data plate by ``N / B`` so that the result is an unbiased estimate
+of the full-data log joint (stochastic VI, Hoffman et al. 2013).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from numpyro import handlers
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+from numpyro.distributions.util import sum_rightmost
+
+from avi.model.layout import Model, ModelLayout, unflatten_globals, unflatten_locals
+from avi.model.trace import plate_names
+
+
+def _is_identity_support(support: constraints.Constraint) -> bool:
+    return support is constraints.real or (
+        isinstance(support, constraints.independent) and support.base_constraint is constraints.real
+    )
+
+
+def constrained_trace(
+    model: Model,
+    layout: ModelLayout,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    theta: jax.Array,
+    z: jax.Array,
+) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    """Run the model at the constrained values T(theta), T(z) of a batch of B = z.shape[0] data.
+
+    On a batch smaller than the data, the data plate's indices are substituted by arange(B), so
+    that a plate whose size the model takes from its arguments and one declared with N both
+    have B entries.
+
+    Returns:
+        The trace, and for every constrained latent site its log|det J| with the site's batch
+        shape (unconstrained sites have none).
+    """
+    batch_size = z.shape[0]
+    unconstrained = {**unflatten_globals(layout, theta), **unflatten_locals(layout, z)}
+    log_dets: dict[str, jax.Array] = {}
+
+    def constrain(site: Mapping[str, Any]) -> jax.Array | None:
+        if site["type"] != "sample" or site["name"] not in unconstrained:
+            return None
+        u = unconstrained[site["name"]]
+        support = site["fn"].support
+        if _is_identity_support(support):
+            return u
+        transform = biject_to(support)
+        value = transform(u)
+        log_det = transform.log_abs_det_jacobian(u, value)
+        event_dim = len(site["fn"].event_shape)
+        log_dets[site["name"]] = sum_rightmost(
+            log_det, jnp.ndim(log_det) - jnp.ndim(value) + event_dim
+        )
+        return value
+
+    substituted = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=constrain)
+    if batch_size != layout.num_data:
+        substituted = handlers.substitute(substituted, data={layout.plate: jnp.arange(batch_size)})
+    return handlers.trace(substituted).get_trace(*args, **kwargs), log_dets
+
+
+def log_joint(
+    model: Model,
+    layout: ModelLayout,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    theta: jax.Array,
+    z: jax.Array,
+) -> jax.Array:
+    """Unbiased estimate of log p(x, T(theta), T(z)) + log|det J| on a batch.
+
+    Args:
+        model: the NumPyro model.
+        layout: its layout from :func:`trace_model`.
+        args: positional arguments, per-datum ones already sliced to the batch.
+        kwargs: keyword arguments, per-datum ones already sliced to the batch.
+        theta: flat unconstrained globals, shape (D_g,).
+        z: flat unconstrained locals of the batch, shape (B, D_l).
+
+    Returns:
+        A scalar: global terms plus (N / B) times the sum of the batch's in-plate terms.
+    """
+    batch_size = z.shape[0]
+    trace, log_dets = constrained_trace(model, layout, args, kwargs, theta, z)
+    declared_size = trace[layout.plate]["args"][0] if layout.plate in trace else batch_size
+    data_scale = layout.num_data / declared_size
+    total = jnp.zeros(())
+    for name, site in trace.items():
+        if site["type"] != "sample":
+            continue
+        scale = 1.0 if site["scale"] is None else site["scale"]
+        if layout.plate in plate_names(site):
+            scale = scale * data_scale
+        term = jnp.sum(site["fn"].log_prob(site["value"]))
+        if name in log_dets:
+            term = term + jnp.sum(log_dets[name])
+        total = total + scale * term
+    return total

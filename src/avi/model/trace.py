@@ -1,0 +1,212 @@
+"""Trace a NumPyro model once and expose a pure log joint density over flat latent vectors.
+
+The model is run a single time on the user's arguments to find
+
+* the *data plate*: the plate that holds the local latent sites and the observed sites
+  (overridable by name),
+* the *global latents* theta (latent sites outside the data plate),
+* the *local latents* z_n (latent sites inside it), with their per-datum shapes,
+* the observed sites and the *per-datum arguments* (arrays whose leading axis has the data
+  plate's size).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.initialization import init_to_uniform
+
+from avi.errors import ModelError
+from avi.model.arguments import is_per_datum, leading_lengths, validate_arguments
+from avi.model.layout import Model, ModelLayout, SiteLayout, TracedModel
+
+
+def run_trace(model: Model, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the model once under a fixed seed and return its NumPyro trace.
+
+    Latent values are drawn as NumPyro's ``init_to_uniform`` does, so improper priors trace too.
+
+    Raises:
+        ModelError: the model failed on these arguments; the message lists the leading
+            lengths of the array arguments, the usual culprit.
+    """
+    try:
+        seeded = handlers.seed(model, rng_seed=0)
+        initialised = handlers.substitute(seeded, substitute_fn=init_to_uniform)
+        return handlers.trace(initialised).get_trace(*args, **kwargs)
+    except Exception as error:  # the user's code can raise anything; we add context
+        lengths = leading_lengths(args, kwargs)
+        hint = (
+            f" Leading lengths of the array arguments: {lengths}. Per-datum arguments must all "
+            "have the data plate's size along their first axis."
+            if lengths
+            else ""
+        )
+        raise ModelError(
+            f"Running the model on the given arguments failed: {type(error).__name__}: {error}.{hint}"
+        ) from error
+
+
+def plate_names(site: Mapping[str, Any]) -> list[str]:
+    return [frame.name for frame in site["cond_indep_stack"]]
+
+
+def is_latent(site: Mapping[str, Any]) -> bool:
+    return site["type"] == "sample" and not site["is_observed"]
+
+
+def _check_sites(trace: Mapping[str, Any]) -> None:
+    for name, site in trace.items():
+        if site["type"] == "param":
+            raise ModelError(
+                f"Site '{name}' is a numpyro.param: avi fits Bayesian models, where every "
+                "unknown has a prior. Give it a prior with numpyro.sample, or pass it as an argument."
+            )
+        if is_latent(site) and site["fn"].support.is_discrete:
+            raise ModelError(
+                f"Latent site '{name}' is discrete ({type(site['fn']).__name__}): enumeration of "
+                "discrete latents is not supported. Marginalise it out of the model (sum its "
+                "values into the likelihood, e.g. with a MixtureSameFamily), or use a continuous "
+                "relaxation such as RelaxedBernoulli or a Dirichlet/Gumbel-softmax."
+            )
+
+
+def _choose_plate(trace: Mapping[str, Any], plate: str | None) -> str:
+    """Find the data plate: holds latent and observed sites; the outermost such if nested."""
+    plate_sites: dict[str, list[Mapping[str, Any]]] = {}
+    for site in trace.values():
+        if site["type"] == "sample":
+            for name in plate_names(site):
+                plate_sites.setdefault(name, []).append(site)
+    if plate is not None:
+        if plate not in plate_sites:
+            known = ", ".join(f"'{p}'" for p in plate_sites) or "none"
+            raise ModelError(f"plate='{plate}' is not a plate of the model (its plates: {known}).")
+        return plate
+    if not plate_sites:
+        raise ModelError(
+            "The model has no numpyro.plate. Put the per-datum sites (local latents and "
+            "observations) inside `with numpyro.plate('data', N):` so that avi can tell "
+            "local from global latents."
+        )
+    candidates = [
+        name
+        for name, sites in plate_sites.items()
+        if any(is_latent(s) for s in sites) and any(s["is_observed"] for s in sites)
+    ]
+    if not candidates:
+        candidates = [n for n, sites in plate_sites.items() if any(s["is_observed"] for s in sites)]
+    outer = [
+        name
+        for name in candidates
+        if not any(
+            other != name
+            and {id(s) for s in plate_sites[name]} < {id(s) for s in plate_sites[other]}
+            for other in candidates
+        )
+    ]
+    if len(outer) != 1:
+        names = ", ".join(f"'{p}'" for p in (outer or list(plate_sites)))
+        raise ModelError(
+            f"Cannot tell which plate is the data plate: candidates {names}. "
+            "Name it with avi.fit(..., plate='name')."
+        )
+    return outer[0]
+
+
+def plate_axis(site: Mapping[str, Any], plate: str) -> int:
+    frame = next(f for f in site["cond_indep_stack"] if f.name == plate)
+    batch_ndim = jnp.ndim(site["value"]) - len(site["fn"].event_shape)
+    return batch_ndim + frame.dim
+
+
+def _layout_sites(sites: list[Mapping[str, Any]], plate: str | None) -> tuple[SiteLayout, ...]:
+    layouts = []
+    offset = 0
+    for site in sites:
+        full_shape = tuple(jnp.shape(site["value"]))
+        transform = biject_to(site["fn"].support)
+        full_unconstrained = tuple(transform.inverse_shape(full_shape))
+        if plate is None:
+            axis, shape, ushape = None, full_shape, full_unconstrained
+        else:
+            axis = plate_axis(site, plate)
+            shape = full_shape[:axis] + full_shape[axis + 1 :]
+            ushape = full_unconstrained[:axis] + full_unconstrained[axis + 1 :]
+        size = math.prod(ushape)
+        layouts.append(
+            SiteLayout(
+                name=site["name"],
+                shape=shape,
+                unconstrained_shape=ushape,
+                event_dim=len(site["fn"].event_shape),
+                plate_axis=axis,
+                offset=offset,
+                size=size,
+            )
+        )
+        offset += size
+    return tuple(layouts)
+
+
+def trace_model(
+    model: Model,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    plate: str | None = None,
+) -> TracedModel:
+    """Trace ``model(*args, **kwargs)`` once and describe its sites.
+
+    Args:
+        model: a NumPyro model.
+        args: positional arguments of the model.
+        kwargs: keyword arguments of the model.
+        plate: name of the data plate, if the automatic choice must be overridden.
+
+    Returns:
+        The traced model.
+
+    Raises:
+        DataError: non-finite data.
+        ModelError: no usable plate, a discrete latent, a numpyro.param, or a failing model.
+    """
+    kwargs = dict(kwargs or {})
+    validate_arguments(args, kwargs)
+    trace = run_trace(model, args, kwargs)
+    _check_sites(trace)
+    plate = _choose_plate(trace, plate)
+    plate_message = trace.get(plate)
+    if plate_message is not None and plate_message["type"] == "plate":
+        size, subsample_size = plate_message["args"]
+        if subsample_size is not None and subsample_size != size:
+            raise ModelError(
+                f"The data plate '{plate}' sets subsample_size={subsample_size}: avi draws the "
+                "minibatches itself. Remove subsample_size and pass avi.fit(..., batch_size=...)."
+            )
+    in_plate = [s for s in trace.values() if s["type"] == "sample" and plate in plate_names(s)]
+    num_data = next(f.size for f in in_plate[0]["cond_indep_stack"] if f.name == plate)
+    latent_global = [s for s in trace.values() if is_latent(s) and plate not in plate_names(s)]
+    latent_local = [s for s in in_plate if is_latent(s)]
+    observed = [s for s in in_plate if s["is_observed"]]
+    layout = ModelLayout(
+        plate=plate,
+        num_data=int(num_data),
+        globals=_layout_sites(latent_global, None),
+        locals=_layout_sites(latent_local, plate),
+        observed=tuple(s["name"] for s in observed),
+        per_datum_args=tuple(i for i, a in enumerate(args) if is_per_datum(a, num_data)),
+        per_datum_kwargs=tuple(k for k, a in kwargs.items() if is_per_datum(a, num_data)),
+    )
+    observed_values = {
+        s["name"]: np.moveaxis(np.asarray(s["value"]), plate_axis(s, plate), 0)
+        for s in observed
+        if jnp.ndim(s["value"]) > 0
+    }
+    supports = {s["name"]: s["fn"].support for s in latent_global + latent_local}
+    return TracedModel(model, layout, supports, observed_values, trace)

@@ -1,0 +1,1 @@
+"""The paper's experiments, their reproduction and the benchmarks: consumers of the library."""
