@@ -19,7 +19,7 @@ import optax
 import pytest
 
 import avi
-from avi.analysis.diagnostics import _decomposed_draws, _on_data, per_datum_log_joint
+from avi.analysis.per_datum import _decomposed_draws, on_data, per_datum_log_joint
 from avi.vi.elbo import VariationalParams, elbo_draws
 from avi.paper.experiments import linear, saw
 from avi.model import log_joint, trace_model
@@ -117,7 +117,7 @@ def test_per_datum_terms_sum_to_the_log_joint_and_stay_local():
 def test_decomposition_is_the_elbo_draw_for_draw(saw_fits):
     """Same key: global part + sum of per-datum parts = avi.vi.elbo.elbo_draws, draw by draw."""
     _, amortized = saw_fits
-    on = _on_data(amortized, (), {})
+    on = on_data(amortized, (), {})
     key = jax.random.PRNGKey(3)
     global_part, per_datum = _decomposed_draws(key, on.params, on.problem, 5)
     total = elbo_draws(key, amortized.params, amortized.problem, None, 5)

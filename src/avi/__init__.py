@@ -7,10 +7,10 @@ from avi.analysis.diagnostics import (
     GradientNorm,
     factor_gradient_norm,
     generalization_gap,
-    per_datum_elbo_draws,
     psis_khat,
-    refine,
 )
+from avi.analysis.per_datum import per_datum_elbo_draws
+from avi.analysis.refine import refine
 from avi.families.encoders import MLP, Polynomial
 from avi.errors import (
     AviError,
@@ -21,7 +21,9 @@ from avi.errors import (
     ModelError,
 )
 from avi.families import Amortized, Constant, Factorized, Window
-from avi.fit import Estimate, Fit, History, fit
+from avi.fit import fit
+from avi.result import Estimate, Fit
+from avi.vi import History
 from avi.structure import StructureReport, check
 from avi.analysis.sweep import Sweep, sweep
 from avi import vi

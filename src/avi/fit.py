@@ -1,296 +1,53 @@
-"""``avi.fit``: fit a NumPyro model with a variational family, and the :class:`Fit` it returns.
+"""``avi.fit``: fit a NumPyro model with a variational family.
 
-``avi.fit`` is orchestration: it prepares the problem (:mod:`avi.data.prepare`), builds the pure pair
-``init``/``step`` (:mod:`avi.vi`), and hands both to the runner (:func:`avi.vi.run`).
+``avi.fit`` is orchestration: it prepares the data (:mod:`avi.data.prepare`), builds the problem
+and the pure pair ``init``/``step`` (:mod:`avi.vi`), hands both to the runner
+(:func:`avi.vi.run`), and wraps the end in a :class:`avi.Fit` (:mod:`avi.result`).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
 import optax
-from numpyro.distributions.transforms import biject_to
 
 from avi.amortization_warning import warn_if_not_amortizable
-from avi.vi.elbo import Problem, VariationalParams, elbo_draws
-from avi.errors import AviError, ConvergenceWarning, FamilyError
-from avi.families import Family, as_family, count_parameters
-from avi.data.rows import per_datum_features
-from avi.model import Model, SiteLayout, TracedModel, trace_model
+from avi.data.prepare import prepare_in_memory, prepare_streamed
 from avi.data.shard import data_mesh, shard_rows
-from avi.data.prepare import FeatureScaling, prepare_in_memory, prepare_streamed
 from avi.data.stream import BatchSource, is_streamed
-from avi.vi import History, PlateauRule, State, fit_keys, run
+from avi.errors import AviError, ConvergenceWarning, FamilyError
+from avi.families import Family, as_family
+from avi.model import Model
+from avi.result import Fit
+from avi.vi import PlateauRule, fit_keys, run
 from avi.vi.algorithm import restrict
 from avi.vi.build import algorithm_for
 from avi.vi.certify import Certificate, certify
+from avi.vi.problem import Problem, VariationalParams, problem_for
 from avi.vi.runner import Callback, Certifier
 
-__all__ = ["Estimate", "Fit", "History", "fit"]
+__all__ = ["fit"]
 
 
-class Estimate(NamedTuple):
-    """A Monte Carlo estimate and its standard error."""
+def check_streamable(family: Family) -> None:
+    """Streaming needs a family without per-datum tables and without Window inputs.
 
-    mean: float
-    stderr: float
-
-    def __str__(self) -> str:
-        return f"{self.mean:.2f} +- {self.stderr:.2f}"
-
-
-ELBO_BLOCK_ELEMENTS = 2e7
-"""Full-data ELBO draws are computed in blocks of about this many local coordinates."""
-
-MAX_ELBO_BLOCK = 128
-"""At most this many draws per block."""
-
-
-def elbo_block(num_data: int, local_dim: int) -> int:
-    """Draws per block of :meth:`Fit.elbo_draws`: fixed by the problem's shape (memory-bound),
-    so that every ``num_particles`` reuses one compiled program."""
-    return max(1, min(MAX_ELBO_BLOCK, int(ELBO_BLOCK_ELEMENTS // max(1, num_data * local_dim))))
-
-
-@dataclass
-class Fit:
-    """A fitted variational approximation.
-
-    Attributes:
-        traced: the model traced on the training data.
-        problem: the model, layout, family and data of the compiled step.
-        family: the variational family of the local latents.
-        state: the final :class:`avi.vi.State` (parameters, optimiser and stop-rule states,
-            step count): everything needed to go on from here.
-        history: ELBO estimates per chunk.
-        stop_reason: "converged" (certified), "max_steps", "num_steps" or "callback".
-        wall_time: seconds spent in optimisation, compilation included.
-        scaling: the encoder inputs' standardization.
-        args, kwargs: the model's training arguments.
-        streamed: whether the data were streamed from a memory map.
+    Raises:
+        FamilyError: F-VI or a Window encoder.
     """
-
-    traced: TracedModel
-    problem: Problem
-    family: Family
-    state: State
-    history: History
-    stop_reason: str
-    wall_time: float
-    scaling: FeatureScaling
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    streamed: bool = False
-    certifier: Certifier | None = field(default=None, repr=False, compare=False)
-    known_certificate: Certificate | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def certificate(self) -> Certificate:
-        """The convergence evidence per parameter block (:class:`avi.vi.Certificate`): the
-        nats a natural-gradient step could still gain, with standard errors and tolerances.
-
-        Computed when the stop rule fired, else on first access (fixed ``num_steps`` fits).
-        """
-        if self.known_certificate is None:
-            self.known_certificate = self.certifier(self.params, 0)
-        return self.known_certificate
-
-    @property
-    def converged(self) -> bool:
-        """Whether every parameter block is certified settled (see :attr:`certificate`).
-
-        A stop-rule fit says so only if it stopped on a certificate; a fixed ``num_steps`` fit
-        reports whether it happens to be certified where it ended.
-        """
-        if self.stop_reason == "num_steps":
-            return self.certificate.certified
-        return self.stop_reason == "converged"
-
-    @property
-    def params(self) -> VariationalParams:
-        """The variational parameters (unconstrained space)."""
-        return self.state.params
-
-    @property
-    def num_steps(self) -> int:
-        """Optimisation steps taken."""
-        return int(self.state.step)
-
-    @property
-    def num_skipped(self) -> int:
-        """Steps whose ELBO or gradient was not finite (their update was not applied)."""
-        return int(self.state.skipped)
-
-    @property
-    def num_parameters(self) -> int:
-        """Number of scalar variational parameters (globals and locals)."""
-        return count_parameters(self.params)
-
-    def local_factors(self, *args: Any, **kwargs: Any) -> tuple[jax.Array, jax.Array]:
-        """(loc, log_scale) of every datum's local factor, shape (N, D_l) each.
-
-        Without arguments, for the training data; with new data, one encoder pass.
-
-        Raises:
-            FamilyError: new data with a family that cannot infer them (Factorized), or with
-                data lacking a Window neighbour.
-        """
-        if not args and not kwargs:
-            self._check_in_memory("the training data's factors")
-            return self.family.local_params(self.params.local, self.problem.local_data, None)
-        if not self.family.infers_new_data:
-            raise FamilyError(
-                "A Factorized fit has one free factor per training datum and cannot infer the "
-                "posterior of new data. Fit avi.Amortized(encoder) (one encoder pass per new "
-                "datum), or fit the new data with avi.fit."
-            )
-        traced = trace_model(self.traced.model, args, kwargs, plate=self.traced.layout.plate)
-        _check_same_sites(self.traced, traced)
-        features = self.scaling.apply(per_datum_features(traced, args, kwargs))
-        if features.shape[1] != self.scaling.mean.shape[0]:
-            raise FamilyError(
-                f"New data have {features.shape[1]} features per datum; the fit was trained on "
-                f"{self.scaling.mean.shape[0]}. Pass arguments of the same shapes as in training."
-            )
-        local_data = self.family.prepare(features)
-        if bool(jnp.any(local_data.free_slot >= 0)):
-            raise FamilyError(
-                "Some new data lack a neighbour of the encoder's Window (e.g. the first datum "
-                "for offset -1); their factors are free parameters that one encoder pass cannot "
-                "give. Pass the preceding data too and drop those rows from the result."
-            )
-        return self.family.local_params(self.params.local, local_data, None)
-
-    def _check_in_memory(self, what: str) -> None:
-        if self.streamed:
-            raise FamilyError(
-                f"This fit streamed its data from a memory map, so {what} are not held in memory; "
-                "pass rows of the data explicitly, e.g. fit.posterior(x[start:stop])."
-            )
-
-    def posterior(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
-        """The variational posterior per latent site, in the model's constrained space.
-
-        A site with real support gets ``Normal(loc, scale)``, a constrained site that Normal
-        pushed through ``biject_to(support)``. Local sites keep the model's layout (the data
-        plate's axis where the model puts it).
-
-        Args:
-            *args: new data (same signature as the model); none for the training data.
-            **kwargs: keyword arguments of the model for the new data.
-        """
-        layout = self.traced.layout
-        loc, log_scale = self.local_factors(*args, **kwargs)
-        result = {}
-        for site in layout.globals:
-            piece = slice(site.offset, site.offset + site.size)
-            result[site.name] = self._site_distribution(
-                site,
-                self.params.global_loc[piece].reshape(site.unconstrained_shape),
-                self.params.global_log_scale[piece].reshape(site.unconstrained_shape),
-            )
-        for site in layout.locals:
-            piece = slice(site.offset, site.offset + site.size)
-            shape = (loc.shape[0],) + site.unconstrained_shape
-            result[site.name] = self._site_distribution(
-                site,
-                jnp.moveaxis(loc[:, piece].reshape(shape), 0, site.plate_axis),
-                jnp.moveaxis(log_scale[:, piece].reshape(shape), 0, site.plate_axis),
-            )
-        return result
-
-    def _site_distribution(
-        self, site: SiteLayout, loc: jax.Array, log_scale: jax.Array
-    ) -> dist.Distribution:
-        base = dist.Normal(loc, jnp.exp(log_scale))
-        support = self.traced.supports[site.name]
-        transform = biject_to(support)
-        if support is dist.constraints.real:
-            return base
-        if isinstance(support, dist.constraints.independent) and (
-            support.base_constraint is dist.constraints.real
-        ):
-            return base.to_event(support.reinterpreted_batch_ndims)
-        if transform.domain.event_dim:
-            base = base.to_event(transform.domain.event_dim)
-        return dist.TransformedDistribution(base, transform)
-
-    def sample(
-        self, num_samples: int, *args: Any, seed: int = 0, **kwargs: Any
-    ) -> dict[str, np.ndarray]:
-        """Draws from the variational posterior, in the model's constrained space.
-
-        Returns:
-            site name -> array of shape (num_samples, *site shape).
-        """
-        posterior = self.posterior(*args, **kwargs)
-        keys = jax.random.split(jax.random.PRNGKey(seed), len(posterior))
-        return {
-            name: np.asarray(d.sample(k, (num_samples,)))
-            for k, (name, d) in zip(keys, posterior.items(), strict=True)
-        }
-
-    def elbo(self, num_particles: int = 1000, seed: int = 0) -> Estimate:
-        """Full-data ELBO estimated with ``num_particles`` independent draws.
-
-        Returns:
-            Estimate(mean, stderr), stderr = sd of the per-draw estimates / sqrt(draws).
-        """
-        if not isinstance(num_particles, int) or num_particles < 2:
-            raise AviError(f"num_particles={num_particles!r}: give an integer >= 2.")
-        draws = self.elbo_draws(num_particles, seed)
-        return Estimate(float(np.mean(draws)), float(np.std(draws, ddof=1) / math.sqrt(draws.size)))
-
-    def elbo_draws(self, num_particles: int, seed: int = 0) -> np.ndarray:
-        """Per-draw full-data ELBO estimates, computed in fixed-size blocks that bound memory
-        (one compiled program for every ``num_particles``)."""
-        self._check_in_memory("full-data ELBO draws")
-        layout = self.traced.layout
-        block = elbo_block(layout.num_data, layout.local_dim)
-        key = jax.random.PRNGKey(seed)
-        draws = [
-            np.asarray(_full_data_draws(jax.random.fold_in(key, i), self.params, self.problem, block))
-            for i in range(math.ceil(num_particles / block))
-        ]
-        return np.concatenate(draws)[:num_particles]
-
-    def to_arviz(self, num_samples: int = 1000, seed: int = 0):
-        """The variational posterior as an ``arviz.InferenceData`` (one chain of draws)."""
-        with warnings.catch_warnings():
-            # ArviZ 0.2x announces its coming refactor with a FutureWarning on import.
-            warnings.filterwarnings(
-                "ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning
-            )
-            import arviz as az
-
-        samples = self.sample(num_samples, seed=seed)
-        return az.from_dict(posterior={k: v[None] for k, v in samples.items()})
-
-
-_full_data_draws = eqx.filter_jit(
-    lambda key, params, problem, num: elbo_draws(key, params, problem, None, num)
-)
-
-
-def _check_same_sites(trained: TracedModel, new: TracedModel) -> None:
-    def signature(t: TracedModel):
-        return [(s.name, s.unconstrained_shape) for s in t.layout.globals + t.layout.locals]
-
-    if signature(trained) != signature(new):
+    if family.table_keys:
         raise FamilyError(
-            "The model traced on the new data has different latent sites or shapes than in "
-            f"training ({signature(new)} vs {signature(trained)}). Pass new data of the same "
-            "kind (same per-datum shapes)."
+            "F-VI keeps two parameters per datum and per coordinate in memory, which defeats "
+            "streaming from a memory map; use avi.Amortized(encoder) or load the data."
         )
+    if getattr(family, "inputs", None) is not None:
+        raise FamilyError("A Window encoder needs neighbouring rows; it cannot stream yet.")
 
 
 def _check_options(
@@ -419,12 +176,21 @@ def fit(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise AviError(f"chunk_size={chunk_size!r}: give a positive integer.")
     if is_streamed(args, kwargs):
-        prepared = prepare_streamed(model, args, kwargs, plate, family, batch_size, chunk_size, seed)
+        check_streamable(family)
+        prepared = prepare_streamed(model, args, kwargs, plate, batch_size, chunk_size, seed)
     else:
-        prepared = prepare_in_memory(model, args, kwargs, plate, family, batch_size)
+        tables = bool(family.table_keys)
+        prepared = prepare_in_memory(model, args, kwargs, plate, tables, batch_size)
     layout = prepared.traced.layout
     _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles)
-    algorithm = algorithm_for(prepared, optimizer, learning_rate, num_particles, sticking_the_landing)
+    algorithm = algorithm_for(
+        problem_for(prepared, family),
+        prepared.batch_size,
+        optimizer,
+        learning_rate,
+        num_particles,
+        sticking_the_landing,
+    )
     init_key, run_key, check_key = fit_keys(seed)
     params = None if init is None else _checked_init(init, algorithm.initial_params(init_key))
     state = algorithm.init(init_key, params)

@@ -36,10 +36,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from avi.analysis.diagnostics import factor_gradient_norm, per_datum_elbo_draws, refine, split_options
+from avi.analysis.diagnostics import factor_gradient_norm
+from avi.analysis.per_datum import per_datum_elbo_draws
+from avi.analysis.refine import refine, split_options
 from avi.errors import AviError, FamilyError
 from avi.families import Factorized, Family, as_family
-from avi.fit import Estimate, Fit, History
+from avi.result import Estimate, Fit
+from avi.vi import History
 from avi.fit import fit as fit_model
 from avi.model import Model
 
@@ -188,7 +191,7 @@ class Comparison:
     def per_datum_gaps(self, family: str, num_particles: int = 100) -> np.ndarray:
         """Which data the family serves worst: l_n(F-VI) - l_n(family) for every datum n.
 
-        l_n is datum n's ELBO contribution (:mod:`avi.analysis.diagnostics`): the expected log density
+        l_n is datum n's ELBO contribution (:mod:`avi.analysis.per_datum`): the expected log density
         of the data plate's slice n (the prior of z_n and the likelihood of x_n) under
         q(theta) q(z_n), plus the entropy of q(z_n). The F-VI ELBO minus the family's is the
         sum of these gaps plus the difference of the global parts E_q[log p(theta)] +

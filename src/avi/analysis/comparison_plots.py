@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from avi.fit import History
+from avi.vi import History
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Figure, Axes]:

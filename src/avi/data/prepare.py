@@ -1,4 +1,4 @@
-"""From the user's model and arguments to the problem a step optimises.
+"""From the user's model and arguments to the data a step reads.
 
 The model is traced (:func:`avi.model.trace_model`), the per-datum data become the encoder's
 standardized features, and the batch size is chosen. In-memory data are traced whole and live on
@@ -15,9 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from avi.vi.elbo import Problem
 from avi.errors import ModelError
-from avi.families import Family
 from avi.data.rows import check_minibatchable, per_datum_features
 from avi.model import Model, TracedModel, trace_model, validate_arguments
 from avi.data.stream import TRACE_ROWS, BatchSource, check_streamable, prefix, streamed_length
@@ -45,16 +43,16 @@ class FeatureScaling:
         return ((features - self.mean) / self.std).astype(np.float32)
 
 
-def resolve_batch_size(batch_size: int | None, num_data: int, family: Family) -> int | None:
+def resolve_batch_size(batch_size: int | None, num_data: int, tables: bool) -> int | None:
     """The batch size a step uses; None means the full batch.
 
-    ``batch_size=None`` chooses: the full batch for F-VI (each of its factors learns only from
+    ``batch_size=None`` chooses: the full batch for a family with per-datum ``tables`` (F-VI: each of its factors learns only from
     its own datum, so a minibatch of B updates a fraction B/N of them per step and needs N/B
     times more steps) and for N <= AUTO_FULL_BATCH_LIMIT; otherwise AUTO_BATCH_SIZE, with
     which A-VI's per-step cost no longer grows with N.
     """
     if batch_size is None:
-        if family.table_keys or num_data <= AUTO_FULL_BATCH_LIMIT:
+        if tables or num_data <= AUTO_FULL_BATCH_LIMIT:
             return None
         return AUTO_BATCH_SIZE
     return None if batch_size == num_data else int(batch_size)
@@ -62,18 +60,21 @@ def resolve_batch_size(batch_size: int | None, num_data: int, family: Family) ->
 
 @dataclass(frozen=True)
 class Prepared:
-    """A traced model with its problem and, for streamed data, the batch source.
+    """A traced model with its device data and, for streamed data, the batch source.
 
     Attributes:
         traced: the model traced on the data (on a prefix when streamed, with the full N).
-        problem: the model, layout, family and device data of the compiled step.
+        args, kwargs: the model's arguments on the device (a prefix when streamed).
+        features: (N, F) standardized encoder inputs (of the prefix when streamed).
         scaling: the encoder inputs' standardization.
         batch_size: data per step (None: full batch).
         source: the minibatch reader of memory-mapped data, or None.
     """
 
     traced: TracedModel
-    problem: Problem
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    features: np.ndarray
     scaling: FeatureScaling
     batch_size: int | None
     source: BatchSource | None
@@ -89,13 +90,13 @@ def prepare_in_memory(
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     plate: str | None,
-    family: Family,
+    tables: bool,
     batch_size: int | None,
 ) -> Prepared:
     """Trace on all data; per-datum data and features live on the device."""
     traced = trace_model(model, args, kwargs, plate=plate)
     layout = traced.layout
-    step_batch_size = resolve_batch_size(batch_size, layout.num_data, family)
+    step_batch_size = resolve_batch_size(batch_size, layout.num_data, tables)
     if step_batch_size is not None:
         try:
             check_minibatchable(traced)
@@ -106,9 +107,8 @@ def prepare_in_memory(
     raw_features = per_datum_features(traced, args, kwargs)
     scaling = FeatureScaling.from_features(raw_features)
     device_args, device_kwargs = _device_arguments(args, kwargs)
-    local_data = family.prepare(scaling.apply(raw_features))
-    problem = Problem(model, layout, family, device_args, device_kwargs, local_data)
-    return Prepared(traced, problem, scaling, step_batch_size, None)
+    features = scaling.apply(raw_features)
+    return Prepared(traced, device_args, device_kwargs, features, scaling, step_batch_size, None)
 
 
 def prepare_streamed(
@@ -116,7 +116,6 @@ def prepare_streamed(
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     plate: str | None,
-    family: Family,
     batch_size: int | None,
     chunk_size: int,
     seed: int,
@@ -126,17 +125,16 @@ def prepare_streamed(
     validate_arguments(args, kwargs)
     args_prefix, kwargs_prefix = prefix(args, kwargs, num_data, TRACE_ROWS)
     on_prefix = trace_model(model, args_prefix, kwargs_prefix, plate=plate)
-    check_streamable(on_prefix, family, args_prefix)
+    check_streamable(on_prefix, args_prefix)
     check_minibatchable(on_prefix)
     prefix_features = per_datum_features(on_prefix, args_prefix, kwargs_prefix)
     layout = dataclasses.replace(on_prefix.layout, num_data=num_data)
     traced = dataclasses.replace(on_prefix, layout=layout)
-    step_batch_size = resolve_batch_size(batch_size, num_data, family) or min(
+    step_batch_size = resolve_batch_size(batch_size, num_data, False) or min(
         num_data, AUTO_BATCH_SIZE
     )
     source = BatchSource(layout, args, kwargs, step_batch_size, chunk_size, seed)
     scaling = FeatureScaling(source.mean, source.std)
     device_args, device_kwargs = _device_arguments(args_prefix, kwargs_prefix)
-    local_data = family.prepare(scaling.apply(prefix_features))
-    problem = Problem(model, layout, family, device_args, device_kwargs, local_data)
-    return Prepared(traced, problem, scaling, step_batch_size, source)
+    features = scaling.apply(prefix_features)
+    return Prepared(traced, device_args, device_kwargs, features, scaling, step_batch_size, source)

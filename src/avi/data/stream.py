@@ -15,7 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from avi.errors import FamilyError, ModelError
+from avi.errors import ModelError
 from avi.model import ModelLayout, TracedModel
 from avi.data.batch import StreamedRows
 
@@ -52,20 +52,12 @@ def prefix(
     return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
 
 
-def check_streamable(traced: TracedModel, family: Any, args_prefix: Sequence[Any]) -> None:
-    """Streaming needs an encoder family without Window and observations passed as arguments.
+def check_streamable(traced: TracedModel, args_prefix: Sequence[Any]) -> None:
+    """Streaming reads every per-datum value from the arguments, observations included.
 
     Raises:
-        FamilyError: F-VI or a Window encoder.
         ModelError: an observed site whose values are not among the per-datum arguments.
     """
-    if family.table_keys:
-        raise FamilyError(
-            "F-VI keeps two parameters per datum and per coordinate in memory, which defeats "
-            "streaming from a memory map; use avi.Amortized(encoder) or load the data."
-        )
-    if getattr(family, "inputs", None) is not None:
-        raise FamilyError("A Window encoder needs neighbouring rows; it cannot stream yet.")
     layout = traced.layout
     columns = [
         np.asarray(args_prefix[i]).reshape(layout.num_data, -1) for i in layout.per_datum_args

@@ -1,15 +1,17 @@
-"""Inference functions f_phi: a datum's features -> (loc, log_scale) of its Gaussian factor.
+"""Inference functions f_phi: a datum's features -> the parameters lambda_n of its factor.
 
 An encoder *spec* (:class:`MLP`, :class:`Polynomial`) is a small frozen description; it
 builds an equinox Module once the input and output sizes are known from the traced model.
-A user may also pass any equinox Module mapping a feature vector of shape (F,) to a pair of
-arrays of shape (D_l,) each; it is used as given.
+A user may also pass any equinox Module mapping a feature vector of shape (F,) to a tuple of
+arrays, one per part of the factor's parameters (:attr:`avi.families.factor.Factor.parameters`;
+``(loc, log_scale)``, each of shape (D_l,), for the diagonal Gaussian); it is used as given.
 
 Initialisation. An encoder starts *data-dependent* and at the factor every family starts from.
-The hidden layers and the output layer's location head keep equinox's default weights
-(U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's Linear default); the log-scale head's weights are
-that default times ``LOG_SCALE_WEIGHT_INIT`` (0.1); the output biases are loc 0 and log-scale
-``INIT_LOG_SCALE``. On the standardized digits of the deep generative experiment a fresh MLP of
+The hidden layers and the output layer's location head (the factor's first part) keep
+equinox's default weights (U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's Linear default); the
+other heads' weights (the log-scale's, for the diagonal Gaussian) are that default times
+``LOG_SCALE_WEIGHT_INIT`` (0.1); the output biases are the factor's starting parameters (loc 0,
+log-scale ``INIT_LOG_SCALE``). On the standardized digits of the deep generative experiment a fresh MLP of
 width 5 to 64 then gives locs that vary across the data with sd 0.07-0.08, and scales that
 still depend on the datum yet stay within 12% of 0.1. :class:`Polynomial` weights start at the same
 default for their fan-in (its scale is shared by every datum, 0.1 at the start).
@@ -33,13 +35,14 @@ experiments' gaps and verdicts (quick size) do not move beyond the spread over s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from avi.errors import FamilyError
 
@@ -53,32 +56,38 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": jax.nn.silu,
 }
 
-INIT_LOG_SCALE = math.log(0.1)
-"""Every factor starts at scale 0.1 in unconstrained space, as NumPyro's AutoNormal does."""
-
 LOG_SCALE_WEIGHT_INIT = 0.1
-"""The MLP's log-scale head starts at equinox's default weights times this: its output depends on
-the datum, yet every scale starts within about 12% of exp(INIT_LOG_SCALE) = 0.1."""
+"""The MLP's heads after the first (the log-scale's) start at equinox's default weights times
+this: their output depends on the datum, yet every scale starts within about 12% of 0.1."""
 
 
 @runtime_checkable
 class EncoderSpec(Protocol):
-    """Anything that builds an encoder Module for given sizes."""
+    """Anything that builds an encoder Module once the sizes are known."""
 
-    def build(self, key: jax.Array, in_size: int, out_size: int) -> eqx.Module:
-        """Build the Module mapping (in_size,) features to two (out_size,) arrays."""
+    def build(self, key: jax.Array, in_size: int, start: Mapping[str, jax.Array]) -> eqx.Module:
+        """Build the Module mapping (in_size,) features to one array per part of ``start`` (the
+        factor's starting parameters of one datum, in the factor's order), of the same shapes."""
         ...
 
 
+def _heads(start: Mapping[str, jax.Array]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(np.shape(v)) for v in start.values())
+
+
+def _split(flat: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple[jax.Array, ...]:
+    sizes = np.cumsum([math.prod(s) for s in shapes])[:-1]
+    return tuple(p.reshape(s) for p, s in zip(jnp.split(flat, sizes), shapes, strict=True))
+
+
 class MLPEncoder(eqx.Module):
-    """loc, log_scale = split(MLP(x)): ``depth`` hidden layers of ``width`` units."""
+    """lambda = split(MLP(x)): ``depth`` hidden layers of ``width`` units, one head per part."""
 
     mlp: eqx.nn.MLP
-    out_size: int = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = self.mlp(x)
-        return out[: self.out_size], out[self.out_size :]
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        return _split(self.mlp(x), self.shapes)
 
 
 @dataclass(frozen=True)
@@ -106,37 +115,40 @@ class MLP:
                 f"{', '.join(sorted(ACTIVATIONS))}."
             )
 
-    def build(self, key: jax.Array, in_size: int, out_size: int) -> MLPEncoder:
+    def build(self, key: jax.Array, in_size: int, start: Mapping[str, jax.Array]) -> MLPEncoder:
+        shapes = _heads(start)
+        first = math.prod(shapes[0])
         mlp = eqx.nn.MLP(
             in_size=in_size,
-            out_size=2 * out_size,
+            out_size=sum(math.prod(s) for s in shapes),
             width_size=self.width,
             depth=self.depth,
             activation=ACTIVATIONS[self.activation],
             key=key,
         )
         # Default weights, so that the outputs depend on the datum (see the module docstring);
-        # the log-scale head's scaled down; biases at loc 0 and log-scale INIT_LOG_SCALE.
+        # the heads after the first scaled down; biases at the factor's start.
         last = mlp.layers[-1]
-        weight = last.weight.at[out_size:].multiply(LOG_SCALE_WEIGHT_INIT)
-        bias = jnp.zeros_like(last.bias).at[out_size:].set(INIT_LOG_SCALE)
+        weight = last.weight.at[first:].multiply(LOG_SCALE_WEIGHT_INIT)
+        bias = jnp.concatenate([jnp.ravel(v) for v in start.values()]).astype(last.bias.dtype)
         mlp = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (weight, bias))
-        return MLPEncoder(mlp=mlp, out_size=out_size)
+        return MLPEncoder(mlp=mlp, shapes=shapes)
 
 
 class PolynomialEncoder(eqx.Module):
-    """loc = b + W [x, x^2, ..., x^d] (powers taken per feature); log_scale shared by all data."""
+    """First part = b + W [x, x^2, ..., x^d] (powers taken per feature); the other parts (the
+    log-scale, for the diagonal Gaussian) shared by all data."""
 
     weight: jax.Array
     bias: jax.Array
-    log_scale: jax.Array
+    shared: tuple[jax.Array, ...]
     degree: int = eqx.field(static=True)
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
         powers = (
             jnp.concatenate([x**k for k in range(1, self.degree + 1)]) if self.degree else x[:0]
         )
-        return self.bias + self.weight @ powers, self.log_scale
+        return (self.bias + self.weight @ powers, *self.shared)
 
 
 @dataclass(frozen=True)
@@ -159,20 +171,23 @@ class Polynomial:
                 f"Polynomial(degree={self.degree!r}): degree must be a non-negative integer."
             )
 
-    def build(self, key: jax.Array, in_size: int, out_size: int) -> PolynomialEncoder:
+    def build(
+        self, key: jax.Array, in_size: int, start: Mapping[str, jax.Array]
+    ) -> PolynomialEncoder:
+        first, *rest = start.values()
+        if jnp.ndim(first) != 1:
+            raise FamilyError("Polynomial encoders need a factor whose first part is a vector.")
         fan_in = in_size * self.degree
         bound = 1.0 / math.sqrt(max(fan_in, 1))  # equinox's (and PyTorch's) Linear default
-        weight = jax.random.uniform(key, (out_size, fan_in), minval=-bound, maxval=bound)
+        weight = jax.random.uniform(key, (first.shape[0], fan_in), minval=-bound, maxval=bound)
         return PolynomialEncoder(
-            weight=weight,
-            bias=jnp.zeros(out_size),
-            log_scale=jnp.full(out_size, INIT_LOG_SCALE),
-            degree=self.degree,
+            weight=weight, bias=jnp.asarray(first), shared=tuple(rest), degree=self.degree
         )
 
 
-def check_encoder_output(encoder: eqx.Module, in_size: int, out_size: int) -> None:
-    """Call the encoder on one zero feature vector and check it returns two (out_size,) arrays.
+def check_encoder_output(encoder: eqx.Module, in_size: int, start: Mapping[str, jax.Array]) -> None:
+    """Call the encoder on one zero feature vector and check it returns one array per part of
+    the factor's parameters, of the starting parameters' shapes.
 
     Raises:
         FamilyError: the encoder fails or returns the wrong shapes.
@@ -185,8 +200,12 @@ def check_encoder_output(encoder: eqx.Module, in_size: int, out_size: int) -> No
             f"features (its observed values and per-datum arguments, flattened) have {in_size} entries."
         ) from error
     shapes = [getattr(o, "shape", None) for o in out] if isinstance(out, tuple) else None
-    if shapes != [(out_size,), (out_size,)]:
+    expected = [tuple(np.shape(v)) for v in start.values()]
+    if shapes != expected:
+        names = ", ".join(start)
+        wanted = ", ".join(f"{n} {s}" for n, s in zip(start, expected, strict=True))
         raise FamilyError(
-            f"The encoder must return (loc, log_scale), each of shape ({out_size},) (the number of "
-            f"unconstrained local coordinates per datum); it returned {shapes or type(out).__name__}."
+            f"The encoder must return ({names}), of shapes {wanted} (the factor's parameters for "
+            f"one datum's unconstrained local coordinates); it returned "
+            f"{shapes or type(out).__name__}."
         )

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import optax
 
 from avi.data.batch import Batch, StreamedRows, draw_batch
-from avi.vi.elbo import Problem, VariationalParams, elbo_draws
+from avi.vi.elbo import elbo_draws
+from avi.vi.problem import Problem, VariationalParams
 from avi.families import LocalData
 from avi.vi.initialize import initial_global_log_scale
 from avi.vi.state import Info, OptState, State
@@ -154,7 +155,8 @@ class Algorithm(eqx.Module):
         layout = self.problem.layout
         local_key, probe_key = jax.random.split(key)
         local = self.problem.family.init(local_key, self.problem.local_data, layout.local_dim)
-        z, _ = self.problem.family.local_params(local, self.problem.local_data, None)
+        lam = self.problem.family.local_params(local, self.problem.local_data, None)
+        z = self.problem.family.factor.distribution(lam).mean
         return VariationalParams(
             global_loc=jnp.zeros(layout.global_dim),
             global_log_scale=initial_global_log_scale(probe_key, self.problem, z),

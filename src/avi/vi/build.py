@@ -13,18 +13,20 @@ from avi.errors import AviError
 from avi.families import as_family
 from avi.model import Model
 from avi.data.shard import data_mesh, shard_rows
-from avi.data.prepare import Prepared, prepare_in_memory
+from avi.data.prepare import prepare_in_memory
+from avi.vi.problem import Problem, problem_for
 from avi.vi.algorithm import DEFAULT_LEARNING_RATE, Algorithm, Settings, default_optimizer
 
 
 def algorithm_for(
-    prepared: Prepared,
+    problem: Problem,
+    batch_size: int | None,
     optimizer: optax.GradientTransformation | None,
     learning_rate: float | None,
     num_particles: int,
     sticking_the_landing: bool,
 ) -> Algorithm:
-    """The algorithm of a prepared problem (shared by :func:`build` and :func:`avi.fit`).
+    """The algorithm of a problem (shared by :func:`build` and :func:`avi.fit`).
 
     Raises:
         AviError: both ``optimizer`` and ``learning_rate``, or a bad learning rate.
@@ -49,9 +51,9 @@ def algorithm_for(
             DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate, jnp.float32
         )
     return Algorithm(
-        problem=prepared.problem,
+        problem=problem,
         optimizer=optimizer if optimizer is not None else default_optimizer(),
-        settings=Settings(prepared.batch_size, int(num_particles), bool(sticking_the_landing)),
+        settings=Settings(batch_size, int(num_particles), bool(sticking_the_landing)),
         learning_rate=rate,
     )
 
@@ -87,9 +89,16 @@ def build(
         The :class:`avi.vi.Algorithm`, its data sharded over ``devices`` when several.
     """
     family = as_family(family)
-    prepared = prepare_in_memory(model, args, kwargs, plate, family, batch_size)
-    algorithm = algorithm_for(prepared, optimizer, learning_rate, num_particles, sticking_the_landing)
-    num_data = prepared.problem.layout.num_data
+    prepared = prepare_in_memory(model, args, kwargs, plate, bool(family.table_keys), batch_size)
+    algorithm = algorithm_for(
+        problem_for(prepared, family),
+        prepared.batch_size,
+        optimizer,
+        learning_rate,
+        num_particles,
+        sticking_the_landing,
+    )
+    num_data = prepared.traced.layout.num_data
     mesh = data_mesh(devices, num_data)
     return algorithm if mesh is None else shard_rows(algorithm, num_data, mesh)
 

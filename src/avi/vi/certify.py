@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from avi.vi.elbo import Problem, VariationalParams, elbo_draws
+from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws
+from avi.vi.problem import Problem, VariationalParams
 
 DRAWS_PER_GROUP = 8
 """Draws averaged into one group's gradient (one compiled program for every round)."""
@@ -134,12 +135,10 @@ class Certificate(NamedTuple):
         return "; ".join(lines)
 
 
-def _split(params: VariationalParams, pairs: tuple[tuple[str, str], ...]) -> tuple[dict, Any]:
-    """(diagonal Gaussian tables by (loc key, log-scale key), the shared local parameters)."""
-    keys = {k for pair in pairs for k in pair}
-    tables = {pair: (params.local[pair[0]], params.local[pair[1]]) for pair in pairs}
-    shared = {k: v for k, v in params.local.items() if k not in keys}
-    return tables, shared
+def _free_keys(family: Any, local: dict[str, Any]) -> dict[str, str]:
+    """Factor part name -> key in the local parameters of the family's free per-row factors
+    (``free_factors`` only selects entries, so applied to the keys it returns them)."""
+    return family.free_factors({k: k for k in local})
 
 
 def _group_gradient(
@@ -172,12 +171,15 @@ def _group_gradient(
 group_gradient = eqx.filter_jit(_group_gradient)
 
 
-def _natural_diagonal(grads: tuple[jax.Array, jax.Array], log_scale: jax.Array) -> jax.Array:
-    """Gradients of (loc, log_scale) in Fisher units: u with 1/2 u.u the gain (flattened)."""
-    g_loc, g_log_scale = grads
-    return jnp.concatenate(
-        [(g_loc * jnp.exp(log_scale)).ravel(), (g_log_scale / math.sqrt(2.0)).ravel()]
-    )
+def natural_units(grads: dict[str, jax.Array], fisher: dict[str, jax.Array]) -> jax.Array:
+    """Gradients in the factor's Fisher units, u = g / sqrt(F) (flattened): 1/2 u.u is the
+    gain of a natural-gradient step."""
+    return jnp.concatenate([(grads[k] * jax.lax.rsqrt(fisher[k])).ravel() for k in grads])
+
+
+def _global_units(grad: VariationalParams, params: VariationalParams) -> jax.Array:
+    fisher = GLOBAL_FACTOR.fisher({"loc": params.global_loc, "log_scale": params.global_log_scale})
+    return natural_units({"loc": grad.global_loc, "log_scale": grad.global_log_scale}, fisher)
 
 
 DAMPING = 1e-3
@@ -200,20 +202,21 @@ def _gauss_newton_solve(
     rhs: jax.Array,
 ) -> jax.Array:
     """G^+ r for each row r of ``rhs`` (flattened shared parameters), G = J^T F J of the map
-    from the shared local parameters to the factors (m_n, log s_n), F = diag(1/s^2, 2), on the
-    problem's data (streamed: the group's subset, scaled to N)."""
+    from the shared local parameters to the factors' parameters lambda_n, F the factor's Fisher
+    (diag(1/s^2, 2) for the diagonal Gaussian), on the problem's data (streamed: the group's
+    subset, scaled to N)."""
     shared = {k: params.local[k] for k in shared_keys}
     trainable, static = eqx.partition(shared, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(trainable)
 
-    def factors(vector: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def factors(vector: jax.Array) -> dict[str, jax.Array]:
         local = {**params.local, **eqx.combine(unravel(vector), static)}
         return problem.family.local_params(local, problem.local_data, None)
 
-    (_, log_scale), linear = jax.linearize(factors, flat)
+    lam, linear = jax.linearize(factors, flat)
     transpose = jax.linear_transpose(linear, flat)
-    rows = problem.layout.num_data / log_scale.shape[0]
-    weight = (rows * jnp.exp(-2 * log_scale), jnp.full_like(log_scale, 2.0 * rows))
+    rows = problem.layout.num_data / next(iter(lam.values())).shape[0]
+    weight = {k: rows * f for k, f in problem.family.factor.fisher(lam).items()}
 
     def curvature(v: jax.Array) -> jax.Array:
         tangent = linear(v)
@@ -280,11 +283,14 @@ def certify(
             the data for each group (None: every draw sees the full data).
     """
     layout = problem.layout
-    pairs = problem.family.diagonal_keys
-    tables, shared = _split(params, pairs)
-    tables = {pair: value for pair, value in tables.items() if value[0].size}
+    factor = problem.family.factor
+    free_keys = _free_keys(problem.family, params.local)
+    free = {name: params.local[k] for name, k in free_keys.items() if params.local[k].size}
     shared_keys = tuple(
-        k for k, v in shared.items() if jax.tree_util.tree_leaves(eqx.filter(v, eqx.is_inexact_array))
+        k
+        for k, v in params.local.items()
+        if k not in free_keys.values()
+        and jax.tree_util.tree_leaves(eqx.filter(v, eqx.is_inexact_array))
     )
     table_name = "tables" if problem.family.table_keys else "free"
     tolerance = {
@@ -307,27 +313,12 @@ def certify(
             draws += DRAWS_PER_GROUP
             non_finite += int(bad)
             moved = {"global_loc": grad.global_loc, "global_log_scale": grad.global_log_scale}
-            moved.update({k: grad.local[k] for pair in tables for k in pair})
             totals = moved if totals is None else jax.tree_util.tree_map(jnp.add, totals, moved)
             if layout.global_dim:
-                vectors["globals"].append(
-                    np.asarray(
-                        _natural_diagonal(
-                            (grad.global_loc, grad.global_log_scale), params.global_log_scale
-                        )
-                    )
-                )
-            if tables:
-                vectors[table_name].append(
-                    np.concatenate(
-                        [
-                            np.asarray(
-                                _natural_diagonal((grad.local[a], grad.local[b]), params.local[b])
-                            )
-                            for a, b in tables
-                        ]
-                    )
-                )
+                vectors["globals"].append(np.asarray(_global_units(grad, params)))
+            if free:
+                grads = {name: grad.local[free_keys[name]] for name in free}
+                vectors[table_name].append(np.asarray(natural_units(grads, factor.fisher(free))))
             if shared_keys:
                 pending.append(_flat_shared(grad, shared_keys))
             if len(pending) == GROUPS_PER_SOLVE:

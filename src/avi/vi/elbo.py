@@ -1,65 +1,60 @@
-"""The reparameterized Monte Carlo ELBO with analytic Gaussian entropy and minibatch scaling.
+"""The reparameterized Monte Carlo ELBO with minibatch scaling, written against the factor
+protocol (:mod:`avi.families.factor`).
 
-With q(theta) = N(m, diag(s^2)) and q(z_n) = N(mu_n, diag(sigma_n^2)) in unconstrained space,
-draws theta = m + s * eps and z_n = mu_n + sigma_n * eta_n give
+With q(theta) = N(m, diag(s^2)) and the local factors q(z_n | lambda_n) in unconstrained space,
+draws theta = m + s * eps and z_n = T_{lambda_n}(eta_n) give
 
-    ELBO = E_q[log p(x, theta, z) + log|J|] + H[q],
-    H[q] = sum_d log s_d + sum_n sum_d log sigma_nd + (D_g + N D_l) / 2 * log(2 pi e).
+    ELBO = E_q[log p(x, theta, z) + log|J|] + H[q(theta)] + sum_n H[q(z_n | lambda_n)],
 
-On a batch B of the N data, the local entropy and the in-plate log terms are scaled by N / |B|,
-which keeps the estimate unbiased (Hoffman et al. 2013, stochastic VI).
+with each entropy analytic where the factor's distribution has one (the diagonal Gaussian:
+sum_d log sigma_nd + D_l / 2 log(2 pi e)) and -log q(z_n) of the draw otherwise. On a batch B
+of the N data, the local entropy and the in-plate log terms are scaled by N / |B|, which keeps
+the estimate unbiased (Hoffman et al. 2013, stochastic VI).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Mapping
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpyro.distributions as dist
 
-from avi.families import Family, LocalData
 from avi.data.rows import slice_arguments
-from avi.model import ModelLayout, log_joint
+from avi.families import Diagonal
+from avi.model import log_joint
+from avi.vi.problem import Problem, VariationalParams
 
-_HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
-
-
-class VariationalParams(NamedTuple):
-    """All variational parameters: the global Gaussian and the family's local parameters."""
-
-    global_loc: jax.Array
-    global_log_scale: jax.Array
-    local: Any
+GLOBAL_FACTOR = Diagonal()
+"""q(theta): one diagonal Gaussian over the unconstrained globals."""
 
 
-class Problem(eqx.Module):
-    """Everything the compiled ELBO needs: static model description plus data arrays.
-
-    The static part (model, layout, family) is hashed by ``equinox.filter_jit``, so a second
-    fit of the same model with data of the same shapes reuses the compiled program.
-    """
-
-    model: Callable[..., Any] = eqx.field(static=True)
-    layout: ModelLayout = eqx.field(static=True)
-    family: Family = eqx.field(static=True)
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    local_data: LocalData
-
-
-def gaussian_entropy(log_scale: jax.Array) -> jax.Array:
-    """Entropy of a diagonal Gaussian with the given log standard deviations."""
-    return jnp.sum(log_scale) + log_scale.size * _HALF_LOG_2PI_E
+def global_distribution(params: VariationalParams) -> dist.Distribution:
+    """q(theta) as a distribution over the flat unconstrained globals (D_g,)."""
+    return GLOBAL_FACTOR.distribution(
+        {"loc": params.global_loc, "log_scale": params.global_log_scale}
+    )
 
 
 def batch_factors(
     params: VariationalParams, problem: Problem, index: jax.Array | None
-) -> tuple[jax.Array, jax.Array]:
-    """(loc, log_scale) of the local factors of the batch (all data when index is None)."""
+) -> dict[str, jax.Array]:
+    """lambda of the local factors of the batch (all data when index is None)."""
     return problem.family.local_params(params.local, problem.local_data, index)
+
+
+def entropy(q: dist.Distribution, draws: jax.Array) -> jax.Array:
+    """H[q] summed over q's batch: analytic where q has it, else -log q(draws) per draw
+    (draws with a leading particle axis)."""
+    try:
+        return jnp.sum(q.entropy())
+    except NotImplementedError:
+        log_q = q.log_prob(draws)
+        return -jnp.sum(log_q.reshape(log_q.shape[0], -1), axis=1)
+
+
+def _frozen(lam: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return jax.lax.stop_gradient(dict(lam))
 
 
 def elbo_draws(
@@ -89,34 +84,24 @@ def elbo_draws(
         (S,) unbiased estimates of the full-data ELBO.
     """
     layout = problem.layout
-    loc, log_scale = batch_factors(params, problem, None if tables_gathered else index)
-    batch_size = loc.shape[0]
+    factor = problem.family.factor
+    lam = batch_factors(params, problem, None if tables_gathered else index)
+    batch_size = next(iter(lam.values())).shape[0]
     data_scale = layout.num_data / batch_size
     global_key, local_key = jax.random.split(key)
-    eps = jax.random.normal(global_key, (num_particles, layout.global_dim))
-    eta = jax.random.normal(local_key, (num_particles, batch_size, layout.local_dim))
-    theta = params.global_loc + jnp.exp(params.global_log_scale) * eps
-    z = loc + jnp.exp(log_scale) * eta
+    q_global = global_distribution(params)
+    q_local = factor.distribution(lam)
+    theta = q_global.rsample(global_key, (num_particles,))
+    z = q_local.rsample(local_key, (num_particles,))
     if index is None:
         args, kwargs = problem.args, problem.kwargs
     else:
         args, kwargs = slice_arguments(layout, problem.args, problem.kwargs, index)
     log_p = jax.vmap(lambda t, zz: log_joint(problem.model, layout, args, kwargs, t, zz))(theta, z)
     if not stop_gradient_entropy_params:
-        entropy = gaussian_entropy(params.global_log_scale) + data_scale * gaussian_entropy(
-            log_scale
-        )
-        return log_p + entropy
-    frozen_global = jax.lax.stop_gradient((params.global_loc, params.global_log_scale))
-    frozen_local = jax.lax.stop_gradient((loc, log_scale))
-    log_q_global = _diag_normal_log_prob(theta, *frozen_global, axes=(1,))
-    log_q_local = _diag_normal_log_prob(z, *frozen_local, axes=(1, 2))
-    return log_p - log_q_global - data_scale * log_q_local
-
-
-def _diag_normal_log_prob(
-    x: jax.Array, loc: jax.Array, log_scale: jax.Array, axes: tuple[int, ...]
-) -> jax.Array:
-    standardized = (x - loc) * jnp.exp(-log_scale)
-    log_density = -0.5 * standardized**2 - log_scale - 0.5 * math.log(2 * math.pi)
-    return jnp.sum(log_density, axis=axes)
+        return log_p + entropy(q_global, theta) + data_scale * entropy(q_local, z)
+    frozen_global = GLOBAL_FACTOR.distribution(
+        _frozen({"loc": params.global_loc, "log_scale": params.global_log_scale})
+    )
+    log_q_local = jnp.sum(factor.distribution(_frozen(lam)).log_prob(z), axis=1)
+    return log_p - frozen_global.log_prob(theta) - data_scale * log_q_local

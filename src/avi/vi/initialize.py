@@ -20,7 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from avi.vi.elbo import Problem
+from avi.vi.problem import Problem
 from avi.model import log_joint
 
 MAX_SCALE = 0.1

@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from avi.data.batch import Batch, StreamedRows
-from avi.vi.elbo import Problem, VariationalParams, elbo_draws
+from avi.vi.elbo import elbo_draws
+from avi.vi.problem import Problem, VariationalParams
 from avi.errors import DivergenceError
 from avi.data.stream import BatchSource
 from avi.vi.algorithm import Algorithm, restrict, step_keys

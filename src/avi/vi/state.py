@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from avi.vi.elbo import VariationalParams
+from avi.vi.problem import VariationalParams
 from avi.vi.stop import StopState
 
 

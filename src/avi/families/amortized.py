@@ -1,0 +1,103 @@
+"""A-VI: lambda_n = f_phi(x_n), one encoder for every datum (paper, section 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avi.errors import FamilyError
+from avi.families.diagonal import Diagonal
+from avi.families.encoders import MLP, EncoderSpec, check_encoder_output
+from avi.families.factor import Factor, split_outputs
+from avi.families.protocol import LocalData, check_factor
+from avi.families.window import Window, free_slots
+
+FREE = "free_"
+"""Prefix of the free factors' parameters (data a Window cannot serve, Remark 3.7)."""
+
+
+@dataclass(frozen=True)
+class Amortized:
+    """A-VI: q(z_n) = q(z | f_phi(x_n)) with one encoder f_phi for all data.
+
+    Attributes:
+        encoder: an encoder spec (:class:`avi.MLP`, :class:`avi.Polynomial`) or an equinox
+            Module mapping (F,) features to the factor's parameters (``(loc, log_scale)``,
+            each of shape (D_l,), for the diagonal Gaussian).
+        inputs: None (the datum itself) or a :class:`Window` of neighbouring data: the encoder
+            sees x_{n+o} for every offset o; a datum lacking a neighbour gets a free factor.
+        factor: the factor every datum gets.
+    """
+
+    encoder: Any = MLP(width=32)
+    inputs: Window | None = None
+    factor: Factor = Diagonal()
+    name = "amortized"
+    infers_new_data = True
+    table_keys = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.encoder, (EncoderSpec, eqx.Module)):
+            raise FamilyError(
+                f"Amortized(encoder={self.encoder!r}): give avi.MLP(width), avi.Polynomial(degree) "
+                "or an equinox Module mapping a datum's features to the factor's parameters."
+            )
+        if self.inputs is not None and not isinstance(self.inputs, Window):
+            raise FamilyError(
+                f"Amortized(inputs={self.inputs!r}): give None or avi.Window(offsets=(-1, 0))."
+            )
+        check_factor(self.factor, "Amortized")
+
+    def __hash__(self) -> int:
+        encoder_key = self.encoder if isinstance(self.encoder, EncoderSpec) else id(self.encoder)
+        return hash((encoder_key, self.inputs, self.factor))
+
+    def prepare(self, features: np.ndarray) -> LocalData:
+        if self.inputs is None:
+            return LocalData(jnp.asarray(features), jnp.full((features.shape[0],), -1, jnp.int32))
+        windowed, complete = self.inputs.apply(features)
+        return LocalData(jnp.asarray(windowed), jnp.asarray(free_slots(complete)))
+
+    def init(self, key: jax.Array, data: LocalData, local_dim: int) -> dict[str, Any]:
+        in_size = data.features.shape[1]
+        if in_size == 0:
+            raise FamilyError(
+                "Amortized: the data plate carries no per-datum data to feed the encoder (no "
+                "observed site and no argument has the plate's size along its first axis), so "
+                "an encoder could only learn one factor for every datum. Fit avi.Factorized() "
+                "or avi.Constant(), or pass the data each local latent depends on as per-datum "
+                "arguments (for grouped data, the plate of the groups with their rows)."
+            )
+        start = self.factor.init(local_dim)
+        if isinstance(self.encoder, EncoderSpec):
+            encoder = self.encoder.build(key, in_size, start)
+        else:
+            encoder = self.encoder
+        check_encoder_output(encoder, in_size, start)
+        num_free = int(jnp.sum(data.free_slot >= 0))
+        free = {FREE + k: jnp.broadcast_to(v, (num_free, *v.shape)) for k, v in start.items()}
+        return {"encoder": encoder, **free}
+
+    def local_params(
+        self, params: Mapping[str, Any], data: LocalData, index: jax.Array | None
+    ) -> dict[str, jax.Array]:
+        features = data.features if index is None else data.features[index]
+        lam = split_outputs(self.factor, jax.vmap(params["encoder"])(features))
+        free = self.free_factors(params)
+        if not free or next(iter(free.values())).shape[0] == 0:
+            return lam
+        slot = data.free_slot if index is None else data.free_slot[index]
+        use_free, safe = slot >= 0, jnp.maximum(slot, 0)
+        return {
+            k: jnp.where(use_free.reshape((-1,) + (1,) * (v.ndim - 1)), free[k][safe], v)
+            for k, v in lam.items()
+        }
+
+    def free_factors(self, params: Mapping[str, Any]) -> dict[str, jax.Array]:
+        return {k: params[FREE + k] for k in self.factor.parameters if FREE + k in params}

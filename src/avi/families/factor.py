@@ -1,0 +1,68 @@
+"""The factor protocol: a reparameterizable distribution over one datum's local coordinates.
+
+Every family gives datum n a factor q(z_n | lambda_n) over its D_l unconstrained local
+coordinates; a family only decides where lambda_n comes from (a free table, one shared value,
+an encoder f_phi(x_n)). The factor decides what lambda means. The ELBO, the convergence
+certificate, the diagnostics and :meth:`avi.Fit.posterior` are written once against this
+protocol, so a new factor (full-rank, a flow, a Student-t) is one new class, with no edits
+elsewhere.
+
+With draws z = T_lambda(eps) (reparameterization) the local part of the ELBO is
+
+    E_q[log p(x_n, z_n | theta)] + H[q(z_n | lambda_n)],
+
+with the entropy H taken from the distribution when it is analytic and as -log q(z) of the
+draws otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
+
+import jax
+import numpyro.distributions as dist
+
+
+@runtime_checkable
+class Factor(Protocol):
+    """What a local factor provides.
+
+    Attributes:
+        parameters: the names of lambda's parts, in the order an encoder outputs them; the
+            first is the location-like part (an encoder's main head).
+    """
+
+    parameters: tuple[str, ...]
+
+    def init(self, dim: int) -> dict[str, jax.Array]:
+        """lambda of the starting factor of one datum with ``dim`` coordinates (every family
+        starts every datum there)."""
+        ...
+
+    def distribution(self, params: Mapping[str, jax.Array]) -> dist.Distribution:
+        """q(z | lambda) for parameters with leading batch axes (B,): batch shape (B,), event
+        shape (dim,); must support ``rsample`` (reparameterized draws)."""
+        ...
+
+    def fisher(self, params: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """The diagonal of the Fisher information of each part of lambda (same shapes): the
+        metric of natural-gradient steps and of the convergence certificate's gain
+        1/2 g^T F^-1 g (:mod:`avi.vi.certify`)."""
+        ...
+
+    def marginal(
+        self,
+        params: Mapping[str, jax.Array],
+        piece: slice,
+        arrange: Callable[[jax.Array], jax.Array],
+    ) -> dist.Distribution:
+        """The marginal of the coordinates ``piece`` of every datum (parameters with leading
+        axis (B,)), its values laid out by ``arrange`` (which maps a (B, piece size) array to
+        the site's shape in the model); for :meth:`avi.Fit.posterior`."""
+        ...
+
+
+def split_outputs(factor: Factor, outputs: tuple[jax.Array, ...]) -> dict[str, jax.Array]:
+    """An encoder's outputs, in ``factor.parameters`` order, as lambda."""
+    return dict(zip(factor.parameters, outputs, strict=True))

@@ -1,0 +1,85 @@
+"""F-VI and the constant family: lambda_n free per datum, or one lambda for every datum."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avi.families.diagonal import Diagonal
+from avi.families.factor import Factor
+from avi.families.protocol import LocalData, check_factor
+
+
+def no_inputs(features: np.ndarray) -> LocalData:
+    """LocalData of a family that reads no features and has no free edge factors."""
+    num_data = features.shape[0]
+    return LocalData(jnp.zeros((num_data, 0)), jnp.full((num_data,), -1, jnp.int32))
+
+
+def _rows(start: dict[str, jax.Array], rows: int) -> dict[str, jax.Array]:
+    return {k: jnp.broadcast_to(v, (rows, *v.shape)) for k, v in start.items()}
+
+
+@dataclass(frozen=True)
+class Factorized:
+    """F-VI: one free factor per datum (2 N D_l parameters for the diagonal Gaussian)."""
+
+    factor: Factor = Diagonal()
+    name = "factorized"
+    infers_new_data = False
+
+    def __post_init__(self) -> None:
+        check_factor(self.factor, "Factorized")
+
+    @property
+    def table_keys(self) -> tuple[str, ...]:
+        return tuple(self.factor.parameters)
+
+    def prepare(self, features: np.ndarray) -> LocalData:
+        return no_inputs(features)
+
+    def init(self, key: jax.Array, data: LocalData, local_dim: int) -> dict[str, jax.Array]:
+        return _rows(self.factor.init(local_dim), data.features.shape[0])
+
+    def local_params(
+        self, params: Mapping[str, jax.Array], data: LocalData, index: jax.Array | None
+    ) -> dict[str, jax.Array]:
+        if index is None:
+            return {k: params[k] for k in self.table_keys}
+        return {k: params[k][index] for k in self.table_keys}
+
+    def free_factors(self, params: Mapping[str, Any]) -> dict[str, jax.Array]:
+        return {k: params[k] for k in self.table_keys}
+
+
+@dataclass(frozen=True)
+class Constant:
+    """One factor q-bar shared by every datum (the paper's poorest family)."""
+
+    factor: Factor = Diagonal()
+    name = "constant"
+    infers_new_data = True
+    table_keys = ()
+
+    def __post_init__(self) -> None:
+        check_factor(self.factor, "Constant")
+
+    def prepare(self, features: np.ndarray) -> LocalData:
+        return no_inputs(features)
+
+    def init(self, key: jax.Array, data: LocalData, local_dim: int) -> dict[str, jax.Array]:
+        return self.factor.init(local_dim)
+
+    def local_params(
+        self, params: Mapping[str, jax.Array], data: LocalData, index: jax.Array | None
+    ) -> dict[str, jax.Array]:
+        rows = data.free_slot.shape[0] if index is None else index.shape[0]
+        return _rows({k: params[k] for k in self.factor.parameters}, rows)
+
+    def free_factors(self, params: Mapping[str, Any]) -> dict[str, jax.Array]:
+        return {}

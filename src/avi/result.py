@@ -1,0 +1,288 @@
+"""The result of a fit: :class:`Fit` (posterior, draws, ELBO, convergence evidence)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from numpyro.distributions.transforms import biject_to
+
+from avi.data.prepare import FeatureScaling
+from avi.data.rows import per_datum_features
+from avi.errors import AviError, FamilyError
+from avi.families import Family, count_parameters
+from avi.model import SiteLayout, TracedModel, trace_model
+from avi.vi import History, State
+from avi.vi.certify import Certificate
+from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws
+from avi.vi.problem import Problem, VariationalParams
+from avi.vi.runner import Certifier
+
+__all__ = ["Estimate", "Fit"]
+
+
+class Estimate(NamedTuple):
+    """A Monte Carlo estimate and its standard error."""
+
+    mean: float
+    stderr: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} +- {self.stderr:.2f}"
+
+
+ELBO_BLOCK_ELEMENTS = 2e7
+"""Full-data ELBO draws are computed in blocks of about this many local coordinates."""
+
+MAX_ELBO_BLOCK = 128
+"""At most this many draws per block."""
+
+
+def elbo_block(num_data: int, local_dim: int) -> int:
+    """Draws per block of :meth:`Fit.elbo_draws`: fixed by the problem's shape (memory-bound),
+    so that every ``num_particles`` reuses one compiled program."""
+    return max(1, min(MAX_ELBO_BLOCK, int(ELBO_BLOCK_ELEMENTS // max(1, num_data * local_dim))))
+
+
+@dataclass
+class Fit:
+    """A fitted variational approximation.
+
+    Attributes:
+        traced: the model traced on the training data.
+        problem: the model, layout, family and data of the compiled step.
+        family: the variational family of the local latents.
+        state: the final :class:`avi.vi.State` (parameters, optimiser and stop-rule states,
+            step count): everything needed to go on from here.
+        history: ELBO estimates per chunk.
+        stop_reason: "converged" (certified), "max_steps", "num_steps" or "callback".
+        wall_time: seconds spent in optimisation, compilation included.
+        scaling: the encoder inputs' standardization.
+        args, kwargs: the model's training arguments.
+        streamed: whether the data were streamed from a memory map.
+    """
+
+    traced: TracedModel
+    problem: Problem
+    family: Family
+    state: State
+    history: History
+    stop_reason: str
+    wall_time: float
+    scaling: FeatureScaling
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    streamed: bool = False
+    certifier: Certifier | None = field(default=None, repr=False, compare=False)
+    known_certificate: Certificate | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def certificate(self) -> Certificate:
+        """The convergence evidence per parameter block (:class:`avi.vi.Certificate`): the
+        nats a natural-gradient step could still gain, with standard errors and tolerances.
+
+        Computed when the stop rule fired, else on first access (fixed ``num_steps`` fits).
+        """
+        if self.known_certificate is None:
+            self.known_certificate = self.certifier(self.params, 0)
+        return self.known_certificate
+
+    @property
+    def converged(self) -> bool:
+        """Whether every parameter block is certified settled (see :attr:`certificate`).
+
+        A stop-rule fit says so only if it stopped on a certificate; a fixed ``num_steps`` fit
+        reports whether it happens to be certified where it ended.
+        """
+        if self.stop_reason == "num_steps":
+            return self.certificate.certified
+        return self.stop_reason == "converged"
+
+    @property
+    def params(self) -> VariationalParams:
+        """The variational parameters (unconstrained space)."""
+        return self.state.params
+
+    @property
+    def num_steps(self) -> int:
+        """Optimisation steps taken."""
+        return int(self.state.step)
+
+    @property
+    def num_skipped(self) -> int:
+        """Steps whose ELBO or gradient was not finite (their update was not applied)."""
+        return int(self.state.skipped)
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of scalar variational parameters (globals and locals)."""
+        return count_parameters(self.params)
+
+    def local_factors(self, *args: Any, **kwargs: Any) -> tuple[jax.Array, ...]:
+        """Every datum's factor parameters lambda_n, in the factor's order (``(loc, log_scale)``,
+        each of shape (N, D_l), for the diagonal Gaussian).
+
+        Without arguments, for the training data; with new data, one encoder pass.
+
+        Raises:
+            FamilyError: new data with a family that cannot infer them (Factorized), or with
+                data lacking a Window neighbour.
+        """
+        lam = self._factor_params(*args, **kwargs)
+        return tuple(lam[k] for k in self.family.factor.parameters)
+
+    def _factor_params(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
+        if not args and not kwargs:
+            self._check_in_memory("the training data's factors")
+            return self.family.local_params(self.params.local, self.problem.local_data, None)
+        if not self.family.infers_new_data:
+            raise FamilyError(
+                "A Factorized fit has one free factor per training datum and cannot infer the "
+                "posterior of new data. Fit avi.Amortized(encoder) (one encoder pass per new "
+                "datum), or fit the new data with avi.fit."
+            )
+        traced = trace_model(self.traced.model, args, kwargs, plate=self.traced.layout.plate)
+        _check_same_sites(self.traced, traced)
+        features = self.scaling.apply(per_datum_features(traced, args, kwargs))
+        if features.shape[1] != self.scaling.mean.shape[0]:
+            raise FamilyError(
+                f"New data have {features.shape[1]} features per datum; the fit was trained on "
+                f"{self.scaling.mean.shape[0]}. Pass arguments of the same shapes as in training."
+            )
+        local_data = self.family.prepare(features)
+        if bool(jnp.any(local_data.free_slot >= 0)):
+            raise FamilyError(
+                "Some new data lack a neighbour of the encoder's Window (e.g. the first datum "
+                "for offset -1); their factors are free parameters that one encoder pass cannot "
+                "give. Pass the preceding data too and drop those rows from the result."
+            )
+        return self.family.local_params(self.params.local, local_data, None)
+
+    def _check_in_memory(self, what: str) -> None:
+        if self.streamed:
+            raise FamilyError(
+                f"This fit streamed its data from a memory map, so {what} are not held in memory; "
+                "pass rows of the data explicitly, e.g. fit.posterior(x[start:stop])."
+            )
+
+    def posterior(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
+        """The variational posterior per latent site, in the model's constrained space.
+
+        Each site gets its factor's marginal (``Normal(loc, scale)`` for the diagonal
+        Gaussian); a constrained site gets it pushed through ``biject_to(support)``. Local
+        sites keep the model's layout (the data plate's axis where the model puts it).
+
+        Args:
+            *args: new data (same signature as the model); none for the training data.
+            **kwargs: keyword arguments of the model for the new data.
+        """
+        layout = self.traced.layout
+        lam = self._factor_params(*args, **kwargs)
+        q_global = {"loc": self.params.global_loc[None], "log_scale": self.params.global_log_scale[None]}
+        result = {}
+        for site in layout.globals:
+            piece = slice(site.offset, site.offset + site.size)
+            base = GLOBAL_FACTOR.marginal(
+                q_global, piece, lambda a, s=site: a[0].reshape(s.unconstrained_shape)
+            )
+            result[site.name] = self._site_distribution(site, base)
+        for site in layout.locals:
+            piece = slice(site.offset, site.offset + site.size)
+
+            def arrange(a: jax.Array, s: SiteLayout = site) -> jax.Array:
+                return jnp.moveaxis(a.reshape((a.shape[0], *s.unconstrained_shape)), 0, s.plate_axis)
+
+            base = self.family.factor.marginal(lam, piece, arrange)
+            result[site.name] = self._site_distribution(site, base)
+        return result
+
+    def _site_distribution(self, site: SiteLayout, base: dist.Distribution) -> dist.Distribution:
+        """The unconstrained marginal ``base`` in the site's constrained space."""
+        support = self.traced.supports[site.name]
+        transform = biject_to(support)
+        if support is dist.constraints.real:
+            return base
+        if isinstance(support, dist.constraints.independent) and (
+            support.base_constraint is dist.constraints.real
+        ):
+            return base.to_event(support.reinterpreted_batch_ndims)
+        if transform.domain.event_dim:
+            base = base.to_event(transform.domain.event_dim)
+        return dist.TransformedDistribution(base, transform)
+
+    def sample(
+        self, num_samples: int, *args: Any, seed: int = 0, **kwargs: Any
+    ) -> dict[str, np.ndarray]:
+        """Draws from the variational posterior, in the model's constrained space.
+
+        Returns:
+            site name -> array of shape (num_samples, *site shape).
+        """
+        posterior = self.posterior(*args, **kwargs)
+        keys = jax.random.split(jax.random.PRNGKey(seed), len(posterior))
+        return {
+            name: np.asarray(d.sample(k, (num_samples,)))
+            for k, (name, d) in zip(keys, posterior.items(), strict=True)
+        }
+
+    def elbo(self, num_particles: int = 1000, seed: int = 0) -> Estimate:
+        """Full-data ELBO estimated with ``num_particles`` independent draws.
+
+        Returns:
+            Estimate(mean, stderr), stderr = sd of the per-draw estimates / sqrt(draws).
+        """
+        if not isinstance(num_particles, int) or num_particles < 2:
+            raise AviError(f"num_particles={num_particles!r}: give an integer >= 2.")
+        draws = self.elbo_draws(num_particles, seed)
+        return Estimate(float(np.mean(draws)), float(np.std(draws, ddof=1) / math.sqrt(draws.size)))
+
+    def elbo_draws(self, num_particles: int, seed: int = 0) -> np.ndarray:
+        """Per-draw full-data ELBO estimates, computed in fixed-size blocks that bound memory
+        (one compiled program for every ``num_particles``)."""
+        self._check_in_memory("full-data ELBO draws")
+        layout = self.traced.layout
+        block = elbo_block(layout.num_data, layout.local_dim)
+        key = jax.random.PRNGKey(seed)
+        draws = [
+            np.asarray(_full_data_draws(jax.random.fold_in(key, i), self.params, self.problem, block))
+            for i in range(math.ceil(num_particles / block))
+        ]
+        return np.concatenate(draws)[:num_particles]
+
+    def to_arviz(self, num_samples: int = 1000, seed: int = 0):
+        """The variational posterior as an ``arviz.InferenceData`` (one chain of draws)."""
+        with warnings.catch_warnings():
+            # ArviZ 0.2x announces its coming refactor with a FutureWarning on import.
+            warnings.filterwarnings(
+                "ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning
+            )
+            import arviz as az
+
+        samples = self.sample(num_samples, seed=seed)
+        return az.from_dict(posterior={k: v[None] for k, v in samples.items()})
+
+
+_full_data_draws = eqx.filter_jit(
+    lambda key, params, problem, num: elbo_draws(key, params, problem, None, num)
+)
+
+
+def _check_same_sites(trained: TracedModel, new: TracedModel) -> None:
+    def signature(t: TracedModel):
+        return [(s.name, s.unconstrained_shape) for s in t.layout.globals + t.layout.locals]
+
+    if signature(trained) != signature(new):
+        raise FamilyError(
+            "The model traced on the new data has different latent sites or shapes than in "
+            f"training ({signature(new)} vs {signature(trained)}). Pass new data of the same "
+            "kind (same per-datum shapes)."
+        )
+
+
