@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import pytest
 
 import avi
-from avi.families.encoders import INIT_LOG_SCALE
+from avi.families import INIT_LOG_SCALE, Diagonal
 
 IN_SIZE, OUT_SIZE, NUM_INPUTS = 64, 5, 512
+START = Diagonal().init(OUT_SIZE)  # the factor's starting parameters for one datum
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_fresh_mlp_outputs_depend_on_the_datum_and_scales_start_near_a_tenth(
 ):
     for seed in range(3):
         encoder = avi.MLP(width, activation=activation).build(
-            jax.random.PRNGKey(seed), IN_SIZE, OUT_SIZE
+            jax.random.PRNGKey(seed), IN_SIZE, START
         )
         loc, log_scale = jax.vmap(encoder)(inputs)
         assert loc.shape == log_scale.shape == (NUM_INPUTS, OUT_SIZE)
@@ -53,7 +54,7 @@ def test_fresh_polynomial_loc_depends_on_the_datum_and_scale_is_a_tenth(
     inputs: jax.Array, degree: int
 ):
     for seed in range(3):
-        encoder = avi.Polynomial(degree).build(jax.random.PRNGKey(seed), IN_SIZE, OUT_SIZE)
+        encoder = avi.Polynomial(degree).build(jax.random.PRNGKey(seed), IN_SIZE, START)
         loc, log_scale = jax.vmap(encoder)(inputs)
         assert float(jnp.min(jnp.std(loc, axis=0))) > 0.1, "locs barely depend on the datum"
         assert jnp.allclose(log_scale, math.log(0.1))
@@ -62,13 +63,13 @@ def test_fresh_polynomial_loc_depends_on_the_datum_and_scale_is_a_tenth(
 def test_fresh_encoders_differ_across_seeds(inputs: jax.Array):
     """The build key matters (a fixed start would give every seed the same encoder)."""
     first, second = (
-        jax.vmap(avi.MLP(10).build(jax.random.PRNGKey(s), IN_SIZE, OUT_SIZE))(inputs)[0]
+        jax.vmap(avi.MLP(10).build(jax.random.PRNGKey(s), IN_SIZE, START))(inputs)[0]
         for s in (0, 1)
     )
     assert not jnp.allclose(first, second)
 
 
 def test_polynomial_degree_zero_is_the_constant_family(inputs: jax.Array):
-    encoder = avi.Polynomial(0).build(jax.random.PRNGKey(0), IN_SIZE, OUT_SIZE)
+    encoder = avi.Polynomial(0).build(jax.random.PRNGKey(0), IN_SIZE, START)
     loc, log_scale = jax.vmap(encoder)(inputs)
     assert jnp.all(loc == 0.0) and jnp.allclose(log_scale, INIT_LOG_SCALE)

@@ -74,7 +74,7 @@ def test_custom_equinox_encoder(linear_data, linear_optimum):
 
 def test_custom_encoder_with_wrong_output_is_rejected():
     encoder = ShiftEncoder(jnp.zeros(2), jnp.zeros(2))
-    with pytest.raises(avi.FamilyError, match=r"each of shape \(1,\)"):
+    with pytest.raises(avi.FamilyError, match=r"of shapes loc \(1,\), log_scale \(1,\)"):
         avi.fit(linear.model, linear.simulate(20), family=avi.Amortized(encoder), progress=False)
 
 
