@@ -285,23 +285,27 @@ def test_mixed_coupled_and_uncoupled_locals_names_the_coupled_one():
     assert "'w' is coupled" not in report.explanation
 
 
-def test_local_depending_on_all_data_is_dense():
+def test_local_depending_on_the_mean_of_the_data_is_a_global_influence():
+    """z_n ~ N(mean x, 1): the ideal factor is a function of (mean x, x_n), and mean x is the
+    same for every n, so an encoder of x_n represents it (a global fixed by the data)."""
+
     def global_mean_prior(x):
         with numpyro.plate("data", x.shape[0]):
             z = numpyro.sample("z", dist.Normal(jnp.mean(x), 1))
             numpyro.sample("x", dist.Normal(z, 1), obs=x)
 
     report = avi.check(global_mean_prior, X)
-    assert_report(report, "not-amortizable", None)
-    assert "whole analysed series" in report.explanation
+    assert_report(report, "simple-hierarchical", (0,))
+    assert report.summaries == ("argument 'x'",)
+    assert "summary of all of argument 'x'" in report.explanation
 
 
-def test_dense_dependence_is_found_on_all_data():
+def test_mean_of_the_data_is_found_when_the_plate_size_is_an_argument():
     def global_mean_prior(x, num_data):
         with numpyro.plate("data", num_data):
             z = numpyro.sample("z", dist.Normal(jnp.mean(x), 1))
             numpyro.sample("x", dist.Normal(z, 1), obs=x)
 
     report = avi.check(global_mean_prior, X, X.shape[0])
-    assert_report(report, "not-amortizable", None)
-    assert "beyond 15 data away" in report.explanation
+    assert_report(report, "simple-hierarchical", (0,))
+    assert report.summaries == ("argument 'x'",)

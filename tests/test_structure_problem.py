@@ -55,7 +55,7 @@ def test_locals_in_an_inner_plate():
     x = RNG.normal(size=(40, 3)).astype(np.float32)
     report = avi.check(inner_plate_locals, x, plate="data")
     assert_report(report, "simple-hierarchical", (0,))
-    assert "first 32 data" in report.explanation
+    assert "analysed on all data" in report.explanation
 
 
 # -------------------------------------------------------------------------------- all data

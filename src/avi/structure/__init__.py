@@ -21,25 +21,28 @@ with z_n (its prior and its children's likelihoods: its Markov blanket). Hence:
 
 The blanket is read off the gradients g_s = d log p_s / dz of the per-site log densities log p_s
 (one factor of the joint per sample site s), in float64, at random points of the latents drawn
-as NumPyro's ``init_to_uniform`` does:
+as NumPyro's ``init_to_uniform`` does. For probed data n (every datum of a small problem, two
+blocks of consecutive data at N/4 and 3N/4 otherwise), one reverse pass of <v, g_s(z_n)> (v a
+random direction of z_n's coordinates) gives the mixed partials d^2 log p_s / dz_n dz_m and the
+derivatives d g_s(z_n) / dx_m for every m at once, so windows of any length are found in O(N)
+per probe. Discrete data (counts, indices) are probed by swapping rows.
 
-* z_n and z_m are coupled through s iff the mixed partial d^2 log p_s / dz_n dz_m != 0. One
-  Hessian-vector product (``jax.jvp`` of ``jax.jacrev``) along a random direction of z_n's
-  coordinates gives the whole column.
-* z_n depends on datum m of a real-valued data array x (an observed site or a per-datum argument)
-  through s iff d g_s(z_n) / dx_m != 0 along a random direction of row m (a Jacobian-vector
-  product). For a discrete array (counts, indices), iff g_s(z_n) changes when row m is swapped
-  for another datum's row (two donors: the most different row, and the one whose sum differs most).
+* A dependence on all data through a low-rank pattern shared by every datum (a global summary
+  such as mean x or sd x) is a global influence: the summary is the same for every n, so an
+  encoder of the window represents it; the report lists it (``summaries``) because the model's
+  meaning then changes under minibatches (:func:`refuse_minibatches`).
+* A dependence on observed data outside the data plate, datum by datum (houses in a county
+  plate), is invisible to an encoder of the plate's data: ``"not-amortizable"``.
+* Exchangeability: swapping the windows of two interior data n and m (and z_n, z_m) must map
+  g(z_m) to g(z_n); anything the model computes from the index n (a trend, a mask, a scale that
+  varies with n) breaks it: ``"not-amortizable"``, with the fix (pass the position as a
+  per-datum argument).
 
-The window is the union of the offsets found over the probed data (data at the ends lack some
-neighbours, Remark 3.7; masks and discrete data can hide a dependency at some data).
-
-The analysis runs on a small sub-problem, the first ``SUB_SIZE`` data (per-datum arguments
-sliced), when the model's data plate follows its arguments; otherwise on the full data, probing
-two interior data within ``WINDOW`` neighbours plus one joint perturbation of all farther rows,
-so the work stays O(N). It is one compiled program, reused by later calls on the same model and
-analysed problem (data of the same shapes); the sub-problem's structure is read with
-``jax.eval_shape``. A latent sampled outside the data plate with one coordinate per datum (say
+Every datum is analysed when the problem holds at most ``ELEMENT_BUDGET`` array elements (the
+linear model at N = 100,000 is); larger problems are cut to their first data when the model
+follows its arguments, and the explanation says what was not verified. The program is compiled
+once, reused by later calls on the same model and analysed problem (data of the same shapes).
+A latent sampled outside the data plate with one coordinate per datum (say
 ``f ~ MultivariateNormal(0, K)`` over all data) is a local latent.
 
 Modules, each importing only those before it:
@@ -52,9 +55,18 @@ Modules, each importing only those before it:
 * :mod:`~avi.structure.dependencies`: the dependency edges and the windows.
 * :mod:`~avi.structure.report`: :class:`StructureReport` and the explanation.
 * :mod:`~avi.structure.verdict`: :func:`check`.
+* :mod:`~avi.structure.refusals`: what the fit must refuse (minibatches of a model summarising
+  its data, an encoder without input).
 """
 
 from avi.structure.report import StructureReport
+from avi.structure.refusals import minibatch_refusal, refuse_empty_encoder, refuse_minibatches
 from avi.structure.verdict import check
 
-__all__ = ["StructureReport", "check"]
+__all__ = [
+    "StructureReport",
+    "check",
+    "minibatch_refusal",
+    "refuse_empty_encoder",
+    "refuse_minibatches",
+]

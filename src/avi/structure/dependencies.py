@@ -1,30 +1,48 @@
-"""The dependency edges of the local latents' optimal factors, and their windows.
+"""The dependency edges of the local latents' optimal factors, their windows, global summaries.
 
 By Lemma 3.1 the optimal factor q*(z_n) depends on exactly the data and latents that share a
 non-separable factor of the joint with z_n. The probes' tables (:mod:`avi.structure.program`)
-give its edges: couplings to other data's local latents (as in a hidden Markov model) and data
-at offsets from n. The window is the union of the offsets found over the probed data (data at
-the ends lack some neighbours, Remark 3.7; masks and discrete data can hide a dependency at some
-data); there is none when the dependency is dense.
+give the rows r_n(m) = d g(z_n) / dx_m over every datum m, for the probed data n. They split as
+
+    r_n = c_n^T W + l_n,
+
+a low-rank part shared by all data (a global summary S(x) of the data, such as its mean or sd:
+dS/dx has rank k and g(z_n) depends on it through k numbers c_n) and a local part l_n supported
+on the window n + K. A summary is the same for every n, so it acts like a global parameter fixed
+by the data (Theorem 3.4's global influence) and an encoder of the window can represent it. W's
+row space is estimated from the columns far from every probe where every row is non-zero (rank
+at most MAX_SUMMARY_RANK); each column's coefficients from the probes it is far from; what is left
+is the window. Couplings to other data's local latents (as in a hidden Markov model) come from
+the coupling rows; data outside the data plate that some local latent depends on, datum by datum,
+is invisible to an encoder of the plate's data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
-from avi.structure.density import Gradients
-from avi.structure.probes import WINDOW, Design, Probe, make_probes, positions
+from avi.structure.probes import (
+    DISCRETE_WINDOW,
+    Design,
+    Probe,
+    discrete_positions,
+    real_positions,
+    swap_probes,
+)
 from avi.structure.problem import Problem
 from avi.structure.program import evaluate_points
 from avi.structure.wording import join, offsets_phrase
 
 RTOL = 1e-8
 """A derivative counts as non-zero above RTOL times the largest of its table (float64 noise)."""
+RESIDUAL_RTOL = 1e-6
+"""A column's deviation from the global summary counts as local above this relative size."""
+MAX_SUMMARY_RANK = 3
+"""Largest dimension of a global summary of one data array (mean, sd, sum, ...)."""
 
 
 class Edge(NamedTuple):
@@ -39,6 +57,25 @@ class Edge(NamedTuple):
     term: str
     datum: int
     offset: int | None
+
+
+@dataclass
+class Findings:
+    """Everything the probes found.
+
+    Attributes:
+        coupling: edges between local latents of different data.
+        data: edges to data at offsets from the datum.
+        summaries: (local, input label) -> factors through which a global summary of that data
+            array enters the local latent's optimal factor.
+        unseen: (local, observed site label) -> factors: data outside the data plate that the
+            optimal factor depends on datum by datum.
+    """
+
+    coupling: set[Edge] = field(default_factory=set)
+    data: set[Edge] = field(default_factory=set)
+    summaries: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    unseen: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,29 +93,31 @@ class LocalWindow:
     problem: str | None
 
 
-def dependencies(problem: Problem, design: Design) -> tuple[set[Edge], set[Edge]]:
-    """Coupling edges (between local latents of different data) and data edges."""
-    directions, swaps = make_probes(problem, design)
+def dependencies(problem: Problem, design: Design) -> Findings:
+    """Couplings, data edges, global summaries and unseen data of every local latent."""
     names = list(problem.locals)
-    real = [problem.inputs[i].label for i in positions(problem, discrete=False)]
-    discrete = [problem.inputs[i].label for i in positions(problem, discrete=True)]
-    coupling: set[Edge] = set()
-    data: set[Edge] = set()
-    for tables in evaluate_points(problem, design, directions, swaps):
-        no_floor = dict.fromkeys(tables.directions, 0.0)
-        for (term, local), hits in _hits(tables.directions, directions, no_floor).items():
-            for probe, row in zip(directions, hits, strict=True):
-                if probe.slot < len(names):
-                    coupling |= _coupling_edges(names[probe.slot], local, term, probe, row)
-                else:
-                    source = real[probe.slot - len(names)]
-                    data |= _data_edges(local, source, term, probe, row, design.probes)
+    row_probes = [Probe(k, n) for k in range(len(names)) for n in design.probes]
+    swaps = swap_probes(problem, design)
+    real = [problem.inputs[i] for i in real_positions(problem)]
+    discrete = [problem.inputs[i].label for i in discrete_positions(problem)]
+    blocks = design.window is not None
+    found = Findings()
+    for tables in evaluate_points(problem, design, row_probes, swaps):
+        for k, local in enumerate(names):
+            idx = [j for j, p in enumerate(row_probes) if p.slot == k]
+            for s, by_local in tables.coupling.items():
+                for other, table in by_local.items():
+                    found.coupling |= _coupling_edges(local, other, s, design.probes,
+                                                      np.asarray(table)[idx])
+            for position, item in enumerate(real):
+                per_site = {s: np.asarray(t[position])[idx] for s, t in tables.data.items()}
+                _data_findings(found, local, item.label, item.along, per_site, design, blocks)
         if tables.swaps is not None:
-            for (term, local), hits in _hits(tables.swaps, swaps, tables.magnitude).items():
+            for (term, local), hits in _swap_hits(tables.swaps, swaps, tables.magnitude).items():
                 for probe, row in zip(swaps, hits, strict=True):
-                    source = discrete[probe.slot]
-                    data |= _data_edges(local, source, term, probe, row, design.probes)
-    return coupling, data
+                    found.data |= _swap_edges(local, discrete[probe.slot], term, probe, row,
+                                              design.probes)
+    return found
 
 
 def local_window(local: str, edges: Sequence[Edge], size: int) -> LocalWindow:
@@ -87,17 +126,21 @@ def local_window(local: str, edges: Sequence[Edge], size: int) -> LocalWindow:
     The window is the union of the offsets found at every probed datum: data at the ends lack
     some neighbours (Remark 3.7), and masks or discrete data can make a dependency vanish at
     some data, so the sets need not be equal. There is no fixed window (the dependency is
-    dense) when it reaches beyond the probed neighbourhood or spans the whole analysed series.
+    dense) when it reaches beyond the probed neighbourhood of a discrete input or spans half
+    the analysed series or more.
     """
     if any(e.offset is None for e in edges):
         sources = sorted({e.source for e in edges if e.offset is None})
-        return LocalWindow(local, {}, f"depends on {join(sources)} beyond {WINDOW} data away")
+        return LocalWindow(
+            local, {}, f"depends on {join(sources)} beyond {DISCRETE_WINDOW} data away"
+        )
     offsets = {e.offset for e in edges}
-    if offsets and max(offsets) - min(offsets) >= max(size - 1, 2):
+    if offsets and max(offsets) - min(offsets) >= max(size // 2, 2):
         return LocalWindow(
             local,
             {},
-            f"depends on {_describe_sources(edges)}: the whole analysed series of {size} data",
+            f"depends on {_describe_sources(edges)}: a span of half the analysed series of "
+            f"{size} data or more, with no low-dimensional summary shared by all data",
         )
     links: dict[tuple[str, int], set[str]] = {}
     for e in edges:
@@ -105,13 +148,119 @@ def local_window(local: str, edges: Sequence[Edge], size: int) -> LocalWindow:
     return LocalWindow(local, {k: frozenset(v) for k, v in links.items()}, None)
 
 
-def _hits(
-    table: Gradients, probes: Sequence[Probe], floor: Mapping[str, float | jax.Array]
-) -> dict[tuple[str, str], np.ndarray]:
-    """(site, local) -> (K, size) booleans: the entries above RTOL times a reference.
+def decompose(
+    rows: np.ndarray, probes: Sequence[int], blocks: bool
+) -> tuple[list[tuple[int, int]], int]:
+    """Split rows r_n (P, size, d) into a global summary of rank r and local entries.
+
+    Returns:
+        The local entries (probe row i, datum m) and the summary's rank r (0 when none, -1
+        when the dependence is dense: spread over all data but not through a summary).
+    """
+    scale = float(np.max(np.abs(rows), initial=0.0))
+    if scale == 0.0:
+        return [], 0
+    nonzero = np.abs(rows) > RTOL * scale
+    every = [(int(i), int(m)) for i, m in zip(*np.nonzero(nonzero.any(axis=2)), strict=True)]
+    if not blocks:
+        return every, 0
+    probes_ = np.asarray(probes)
+    index = np.arange(rows.shape[1])
+    dense = nonzero.all(axis=0)
+    sparse = nonzero & ~dense[None]
+    reach = [abs(int(m) - int(probes_[i])) for i, m, _ in zip(*np.nonzero(sparse), strict=True)]
+    start = max(reach, default=0)
+    distance = np.abs(index[None, :] - probes_[:, None])  # (P, size)
+    # the summary's columns lie far from every probe; a window's mixed columns (window plus
+    # summary, non-zero in every row) lie near: widen the exclusion until the rank is low
+    for near in sorted({start} | {d for d in 2 ** np.arange(20) if start < d <= len(index) // 8}):
+        far_rows = distance > near
+        columns = dense & far_rows.all(axis=0)[:, None]
+        rank, basis = _rank(rows[:, columns])
+        if rank <= MAX_SUMMARY_RANK:
+            break
+    if rank > MAX_SUMMARY_RANK:
+        return every, -1
+    if rank == 0:
+        return every, 0
+    residual = np.array(rows)
+    patterns, inverse = np.unique(far_rows.T, axis=0, return_inverse=True)
+    for p, pattern in enumerate(patterns):
+        cols = inverse.reshape(-1) == p
+        u = basis[pattern]
+        if pattern.sum() >= rank and np.linalg.matrix_rank(u) == rank:
+            block = rows[:, cols].reshape(len(probes_), -1)
+            coefficients = np.linalg.lstsq(u, block[pattern], rcond=None)[0]
+            residual[:, cols] = (block - basis @ coefficients).reshape(residual[:, cols].shape)
+    local = np.abs(residual) > RESIDUAL_RTOL * scale
+    return [(int(i), int(m)) for i, m in zip(*np.nonzero(local.any(axis=2)), strict=True)], rank
+
+
+def _rank(matrix: np.ndarray) -> tuple[int, np.ndarray]:
+    """Numerical rank (singular values above 1e-7 of the largest) and the left basis."""
+    if matrix.size == 0:
+        return 0, np.zeros((matrix.shape[0], 0))
+    u, s, _ = np.linalg.svd(matrix, full_matrices=False)
+    rank = int(np.sum(s > 1e-7 * s[0])) if s[0] > 0 else 0
+    return rank, u[:, :rank]
+
+
+def _data_findings(
+    found: Findings,
+    local: str,
+    source: str,
+    along: bool,
+    per_site: dict[str, np.ndarray],
+    design: Design,
+    blocks: bool,
+) -> None:
+    """Add the edges, summary or unseen dependence of ``local`` on one real data array."""
+    total = sum(per_site.values())
+    scale = float(np.max(np.abs(total), initial=0.0))
+    if scale == 0.0:
+        return
+    terms = {s for s, r in per_site.items() if np.max(np.abs(r), initial=0.0) > RTOL * scale}
+    if not along:
+        nonzero = np.abs(total) > RTOL * scale
+        dense = nonzero.all(axis=0)
+        rank, _ = _rank(total[:, dense])
+        if (nonzero & ~dense[None]).any() or rank > MAX_SUMMARY_RANK:
+            found.unseen.setdefault((local, source), set()).update(terms)
+        elif rank > 0:
+            found.summaries.setdefault((local, source), set()).update(terms)
+        return
+    entries, rank = decompose(total, design.probes, blocks)
+    if rank > 0:
+        found.summaries.setdefault((local, source), set()).update(terms)
+    for i, m in entries:
+        n = design.probes[i]
+        for s, r in per_site.items():
+            if np.max(np.abs(r[i, m]), initial=0.0) > RTOL * scale:
+                found.data.add(Edge(local, source, s, n, m - n))
+
+
+def _coupling_edges(
+    local: str, other: str, term: str, probes: Sequence[int], table: np.ndarray
+) -> set[Edge]:
+    """Edges from the coupling rows (P, size) of ``other`` along ``local`` at the probed data:
+    every other datum with a non-zero mixed partial (relative to the table's largest entry)."""
+    scale = float(np.nan_to_num(table, nan=np.inf).max(initial=0.0))
+    if scale == 0.0:
+        return set()
+    hits = ~(table <= RTOL * scale)
+    return {
+        Edge(local, other, term, n, int(m) - n)
+        for i, n in enumerate(probes)
+        for m in np.flatnonzero(hits[i])
+        if m != n
+    }
+
+
+def _swap_hits(table, probes: Sequence[Probe], floor) -> dict[tuple[str, str], np.ndarray]:
+    """(site, local) -> (K, size) booleans: the swap changes above RTOL times a reference.
 
     The reference of site s is the largest entry of s among the probes of the same slot, or
-    ``floor[s]`` if larger; NaN counts as a hit.
+    ``floor[s]`` (the largest |g_s|) if larger; NaN counts as a hit.
     """
     slots = np.array([p.slot for p in probes])
     hits = {}
@@ -125,17 +274,10 @@ def _hits(
     return hits
 
 
-def _coupling_edges(local: str, other: str, term: str, probe: Probe, row: np.ndarray) -> set[Edge]:
-    """Edges from the Hessian column ``row`` (over data) of ``other`` along ``local`` at the
-    probe's datum: every other datum with a non-zero mixed partial."""
-    n = probe.center
-    return {Edge(local, other, term, n, int(m) - n) for m in np.flatnonzero(row) if m != n}
-
-
-def _data_edges(
-    local: str, source: str, term: str, probe: Probe, row: np.ndarray, probes: Iterable[int]
+def _swap_edges(
+    local: str, source: str, term: str, probe: Probe, row: np.ndarray, probes: Sequence[int]
 ) -> set[Edge]:
-    """Edges from the changed gradients ``row`` (over data) when ``probe`` perturbs ``source``."""
+    """Edges from the changed gradients ``row`` (over data) when ``probe`` swaps ``source``."""
     if probe.far:
         return {Edge(local, source, term, probe.center, None)} if row[probe.center] else set()
     return {Edge(local, source, term, n, probe.center - n) for n in probes if row[n]}

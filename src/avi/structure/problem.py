@@ -2,7 +2,7 @@
 
 The model's sample sites are read from an abstract run (``jax.eval_shape``: nothing is computed
 or compiled). When the model's data plate follows its arguments, the analysis runs on the
-sub-problem of its first ``SUB_SIZE`` data (per-datum arguments sliced); otherwise on the full
+sub-problem of its first data that the element budget allows (per-datum arguments sliced); otherwise on the full
 data. Local latents are the latents with one coordinate per datum: those in the data plate and
 those sampled outside it with an axis that runs along the data (say ``f ~ MultivariateNormal(0,
 K)`` over all data). The per-datum data are the observed sites and arguments with a data axis:
@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
@@ -27,8 +28,14 @@ from avi.errors import ModelError
 from avi.data.rows import map_per_datum
 from avi.model import Model, ModelLayout, is_latent, plate_axis, plate_names
 
+ELEMENT_BUDGET = 2_000_000
+"""Array elements (latents, observed values, per-datum arguments) the analysed problem may hold:
+every datum is analysed when the whole problem fits, so windows of any length are found."""
+MIN_SIZE = 1024
+"""Data always analysed when the model has that many (the budget only shrinks larger problems)."""
 SUB_SIZE = 32
-"""Data in the analysed sub-problem; windows must be narrower than this to be recognised."""
+"""Data beyond which an axis outside the data plate whose length is N is trusted as a data axis
+when no run on another number of data is available."""
 
 
 class Site(NamedTuple):
@@ -65,9 +72,14 @@ class Input:
 
     kind: Literal["arg", "kwarg", "site"]
     key: int | str
-    axis: int
+    axis: int | None
     label: str
     discrete: bool
+
+    @property
+    def along(self) -> bool:
+        """Whether the array runs along the data plate (else: observed data outside it)."""
+        return self.axis is not None
 
 
 @dataclass(frozen=True)
@@ -114,14 +126,21 @@ def analysed_problem(
             "avi.check traces the model with JAX on its data (as avi.fit does) and it failed: "
             f"{type(error).__name__}: {error}. Use jax.numpy, not numpy, on the model's arguments."
         ) from error
-    sub = _shrunk(model, args, kwargs, layout, full, SUB_SIZE) if full.size > SUB_SIZE else None
+    limit = analysed_size(full)
+    sub = _shrunk(model, args, kwargs, layout, full, limit) if full.size > limit else None
     if sub is not None:
         structure, reference = sub, full
-        args, kwargs = _head(layout, args, kwargs, SUB_SIZE)
+        args, kwargs = _head(layout, args, kwargs, limit)
     else:
         structure, reference = full, _shrunk(model, args, kwargs, layout, full, layout.num_data - 1)
         args, kwargs = tuple(args), dict(kwargs)
     locals_, observed = _per_datum_sites(structure, reference)
+    along = {item.key for item in observed}
+    observed += [
+        Input("site", name, None, f"observed '{name}'", False)
+        for name, site in structure.sites.items()
+        if site.kind == "observed" and name not in along and not site.discrete
+    ]
     inputs = observed + [
         Input("arg", i, 0, _argument_label(model, i), _is_discrete(args[i]))
         for i in layout.per_datum_args
@@ -143,6 +162,14 @@ def analysed_problem(
         tuple(inputs),
         structure.sites,
     )
+
+
+def analysed_size(full: _Structure) -> int:
+    """Data analysed: all of them when the problem holds at most ELEMENT_BUDGET array elements,
+    else as many as the budget allows (at least MIN_SIZE)."""
+    elements = sum(int(np.prod(site.shape)) for site in full.sites.values())
+    per_datum = max(elements / max(full.size, 1), 1.0)
+    return max(MIN_SIZE, int(ELEMENT_BUDGET / per_datum))
 
 
 def _per_datum_sites(

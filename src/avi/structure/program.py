@@ -21,15 +21,15 @@ import numpy as np
 
 from avi.errors import ModelError
 from avi.structure.density import Gradients, input_arrays, site_gradients
-from avi.structure.probes import Design, Point, Probe, along, swapped
+from avi.structure.probes import Design, Point, Probe, exchanged, rows, swapped
 from avi.structure.problem import Problem
 
 NUM_POINTS = 2
 """Random points of the latents whose dependency patterns are pooled (avoids chance zeros)."""
 MAX_SEEDS = 8
 """Random points tried to find NUM_POINTS where every gradient is finite."""
-FULL_DATA_BATCH = 4
-"""Full-data evaluations vectorised at once when the model cannot be shrunk (bounds memory)."""
+BATCH = 4
+"""Probes vectorised at once (bounds memory on large problems)."""
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 """On CPU: the program runs a few times on small arrays, so compiling fast matters, not LLVM's
 optimisations."""
@@ -38,27 +38,31 @@ CACHE_SIZE = 16
 
 
 class Tables(NamedTuple):
-    """What one random point gives: per-datum magnitudes max |.|, one row per probe.
+    """What one random point gives, one row per probe.
 
     Attributes:
         finite: site -> whether all its gradients g_s are finite at the point.
         magnitude: site -> max |g_s|, the scale a swap's change is judged against.
-        directions: |d g_s(z_n) / d(direction)| for the direction probes, (K1, size) arrays.
+        coupling: site -> local M -> (K1, size) max |d^2 log p_s / dz_n du_M| per datum, one row
+            per row probe (local latent, probed datum n).
+        data: site -> per real input, (K1, size, d) signed d g_s(z_n) / dx along the plate, or
+            (K1, M) for observed data outside it.
         swaps: |g_s(z_n) after the swap - g_s(z_n)| for the swap probes, (K2, size) arrays.
     """
 
     finite: dict[str, jax.Array]
     magnitude: dict[str, jax.Array]
-    directions: Gradients
+    coupling: Gradients
+    data: dict[str, list[jax.Array]]
     swaps: Gradients | None
 
 
-_programs: OrderedDict[Hashable, Callable[..., Tables]] = OrderedDict()
+_programs: OrderedDict[Hashable, Callable[..., Any]] = OrderedDict()
 """The compiled programs kept, by :func:`_program_key`."""
 
 
 def evaluate_points(
-    problem: Problem, design: Design, directions: list[Probe], swaps: list[Probe]
+    problem: Problem, design: Design, row_probes: list[Probe], swaps: list[Probe]
 ) -> list[Tables]:
     """The tables at NUM_POINTS random points where every gradient g_s is finite.
 
@@ -66,73 +70,90 @@ def evaluate_points(
         ModelError: the model fails under differentiation, or no such point among MAX_SEEDS
             draws.
     """
-    evaluate = _evaluator(problem, design, directions, swaps)
-    arrays = [
-        (problem.args if item.kind == "arg" else problem.kwargs)[item.key]
-        for item in problem.inputs
-        if item.kind != "site"
-    ]
-    tables, bad = [], set()
+    evaluate = _evaluator(problem, ("rows", design, tuple(row_probes), tuple(swaps)),
+                          lambda p: _rows_program(p, design, row_probes, swaps))
+    found = _at_points(problem, lambda point: evaluate(_arrays(problem), *point))
+    return [tables for tables, _ in found]
+
+
+def exchange_points(
+    problem: Problem, offsets: tuple[int, ...], pairs: list[tuple[int, int]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each random point, the exchange probe's (difference, scale) per pair (n, m)."""
+    evaluate = _evaluator(problem, ("exchange", offsets, tuple(pairs)),
+                          lambda p: _exchange_program(p, offsets, pairs))
+    found = _at_points(problem, lambda point: evaluate(_arrays(problem), *point))
+    return [(np.asarray(d), np.asarray(s)) for (d, s), _ in found]
+
+
+def _arrays(problem: Problem) -> list[np.ndarray]:
+    """The per-datum arguments as NumPy arrays, real ones in float64 (whatever dtype JAX or the
+    caller left them in, so that a compiled program always receives the same types)."""
+    arrays = []
+    for item in problem.inputs:
+        if item.kind == "site":
+            continue
+        value = np.asarray((problem.args if item.kind == "arg" else problem.kwargs)[item.key])
+        arrays.append(value if item.discrete else value.astype(np.float64))
+    return arrays
+
+
+def _at_points(problem: Problem, run: Callable[[tuple[Any, ...]], Any]) -> list[tuple[Any, set]]:
+    """``run`` at NUM_POINTS random points where every gradient is finite."""
+    results, bad = [], set()
     rng = np.random.default_rng(0)
     for _ in range(MAX_SEEDS):
         try:
-            result = evaluate(arrays, *_random_point(problem, rng))
+            result, finite = run(_random_point(problem, rng))
         except Exception as error:  # the user's model may fail under differentiation
             raise ModelError(
                 "avi.check could not differentiate the model's log density with respect to its "
                 f"local latents and data: {type(error).__name__}: {error}"
             ) from error
-        nonfinite = {s for s, finite in result.finite.items() if not bool(finite)}
+        nonfinite = {s for s, ok in finite.items() if not bool(ok)}
         bad |= nonfinite
         if not nonfinite:
-            tables.append(result)
-        if len(tables) == NUM_POINTS:
+            results.append((result, nonfinite))
+        if len(results) == NUM_POINTS:
             break
-    if not tables:
+    if not results:
         names = ", ".join(f"'{s}'" for s in sorted(bad))
         raise ModelError(
             f"The log density of site(s) {names} has non-finite gradients at {MAX_SEEDS} random "
             "points of the latents (drawn as numpyro's init_to_uniform does). Check the supports "
             "and the numerical stability of those sites (e.g. add jitter to covariance matrices)."
         )
-    return tables
+    return results
 
 
 def _random_point(
     problem: Problem, rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[np.ndarray]]:
     """Unconstrained globals and locals uniform on (-2, 2), as NumPyro's init_to_uniform draws
-    them, and a standard normal direction per slot (local latents, then real inputs)."""
+    them, and a standard normal direction per local latent."""
     u = {
         name: rng.uniform(-2, 2, size=site.unconstrained)
         for name, site in problem.sites.items()
         if site.kind == "latent"
     }
-    shapes = [u[n].shape for n in problem.locals] + [
-        problem.sites[item.key].shape
-        if item.kind == "site"
-        else np.shape((problem.args if item.kind == "arg" else problem.kwargs)[item.key])
-        for item in problem.inputs
-        if not item.discrete
-    ]
     u_globals = {n: v for n, v in u.items() if n not in problem.locals}
-    return u_globals, {n: u[n] for n in problem.locals}, [rng.normal(size=s) for s in shapes]
+    noise = [rng.normal(size=u[n].shape) for n in problem.locals]
+    return u_globals, {n: u[n] for n in problem.locals}, noise
 
 
 def _evaluator(
-    problem: Problem, design: Design, directions: list[Probe], swaps: list[Probe]
-) -> Callable[..., Tables]:
+    problem: Problem, extra: Hashable, build: Callable[[Problem], Callable[..., Any]]
+) -> Callable[..., Any]:
     """The compiled program for this problem: a kept one if its key matches, else a new one.
 
     A new program is kept unless some argument of the model is unhashable (see
     :func:`_program_key`); JAX compiles a program once per shapes of its arguments.
     """
-    options = COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
     detached = _without_data(problem)
-    key = _program_key(detached, design, directions, swaps, options)
+    key = _program_key(detached, extra)
     program = None if key is None else _programs.pop(key, None)
     if program is None:
-        program = _compiled(detached, design, directions, swaps, options)
+        program = build(detached)
     if key is not None:
         _programs[key] = program
         if len(_programs) > CACHE_SIZE:
@@ -140,43 +161,68 @@ def _evaluator(
     return program
 
 
-def _compiled(
-    problem: Problem,
-    design: Design,
-    directions: list[Probe],
-    swaps: list[Probe],
-    options: dict[str, Any] | None,
-) -> Callable[..., Tables]:
+def _point(problem: Problem, arrays, u_globals, u) -> Point:
+    """The point with every input's array and the gradients g_s there."""
+    data = input_arrays(problem, {**u_globals, **u}, arrays)
+    return Point(u_globals, u, data, site_gradients(problem, u_globals, u, data))
+
+
+def _finite(point: Point) -> dict[str, jax.Array]:
+    return {s: _all_finite(g) for s, g in point.base.items()}
+
+
+def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    return jax.jit(fn, compiler_options=options)
+
+
+def _rows_program(
+    problem: Problem, design: Design, row_probes: list[Probe], swaps: list[Probe]
+) -> Callable[..., Any]:
     """One compiled program giving the tables at a random point.
 
     Its arguments are the per-datum arguments, the unconstrained globals and locals, and one
-    random direction per slot (local latents, then real inputs); randomness is drawn outside,
-    which keeps the compilation short. The probes are vectorised all at once on a sub-problem,
-    FULL_DATA_BATCH at a time on the full data.
+    random direction per local latent; randomness is drawn outside, which keeps the compilation
+    short. The probes run BATCH at a time, which bounds memory on large problems.
     """
     window = design.window or problem.size
 
-    def evaluate(
-        arrays: Sequence[jax.Array],
-        u_globals: dict[str, jax.Array],
-        u: dict[str, jax.Array],
-        noise: Sequence[jax.Array],
-    ) -> Tables:
-        data = input_arrays(problem, {**u_globals, **u}, arrays)
-        point = Point(u_globals, u, data, site_gradients(problem, u_globals, u, data))
-
-        def table(fn: Callable[[jax.Array], Gradients], probes: list[Probe]) -> Gradients:
-            batch = len(probes) if design.window is None else FULL_DATA_BATCH
-            return jax.lax.map(fn, jnp.asarray(probes), batch_size=batch)
-
-        return Tables(
-            finite={s: _all_finite(g) for s, g in point.base.items()},
-            magnitude={s: _max_abs(g) for s, g in point.base.items()},
-            directions=table(partial(along, problem, point, noise, window), directions),
-            swaps=table(partial(swapped, problem, point, window), swaps) if swaps else None,
+    def evaluate(arrays, u_globals, u, noise) -> tuple[Tables, dict[str, jax.Array]]:
+        point = _point(problem, arrays, u_globals, u)
+        row_table = jax.lax.map(
+            partial(rows, problem, point, noise), jnp.asarray(row_probes), batch_size=BATCH
         )
+        swap_table = (
+            jax.lax.map(partial(swapped, problem, point, window), jnp.asarray(swaps),
+                        batch_size=BATCH)
+            if swaps
+            else None
+        )
+        tables = Tables(
+            finite=_finite(point),
+            magnitude={s: _max_abs(g) for s, g in point.base.items()},
+            coupling=row_table[0],
+            data=row_table[1],
+            swaps=swap_table,
+        )
+        return tables, tables.finite
 
-    return jax.jit(evaluate, compiler_options=options)
+    return _jit(evaluate)
+
+
+def _exchange_program(
+    problem: Problem, offsets: tuple[int, ...], pairs: list[tuple[int, int]]
+) -> Callable[..., Any]:
+    """One compiled program giving the exchange probe of every pair at a random point."""
+
+    def evaluate(arrays, u_globals, u, noise):
+        point = _point(problem, arrays, u_globals, u)
+        result = jax.lax.map(
+            partial(exchanged, problem, point, offsets), jnp.asarray(pairs), batch_size=BATCH
+        )
+        return result, _finite(point)
+
+    return _jit(evaluate)
 
 
 def _without_data(problem: Problem) -> Problem:
@@ -188,19 +234,13 @@ def _without_data(problem: Problem) -> Problem:
     return dataclasses.replace(problem, args=args, kwargs=kwargs)
 
 
-def _program_key(
-    problem: Problem,
-    design: Design,
-    directions: list[Probe],
-    swaps: list[Probe],
-    options: dict[str, Any] | None,
-) -> Hashable | None:
+def _program_key(problem: Problem, extra: Hashable) -> Hashable | None:
     """Everything the program depends on besides the shapes of its arguments, or None when
     some of it is unhashable.
 
     That is the model (by identity, as ``jax.jit`` keys a function), the analysed problem's
     sites, local latents and per-datum inputs, the model's other arguments (constants of the
-    program, see :func:`_constant`), the probes and the compiler options.
+    program, see :func:`_constant`), the probes (``extra``) and the backend.
     """
     try:
         key = (
@@ -212,10 +252,8 @@ def _program_key(
             tuple(problem.sites.items()),
             _constant(problem.args),
             _constant(problem.kwargs),
-            design,
-            tuple(directions),
-            tuple(swaps),
-            None if options is None else tuple(sorted(options.items())),
+            extra,
+            jax.default_backend(),
         )
         hash(key)
     except TypeError:  # an unhashable argument, or an array without values (PRNG keys)

@@ -10,13 +10,12 @@ latents (as in a hidden Markov model) or dense dependencies admit none short of 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from avi.structure.dependencies import Edge, LocalWindow
-from avi.structure.probes import WINDOW, design_for
-from avi.structure.problem import SUB_SIZE, Problem
+from avi.structure.problem import Problem
 from avi.structure.wording import join, offsets_phrase
 
 Verdict = Literal["simple-hierarchical", "expanded-domain", "not-amortizable"]
@@ -34,11 +33,18 @@ class StructureReport:
             ``avi.Window(offsets=inputs)``: ``(0,)`` for a simple hierarchical model, ``None``
             when the model is not amortizable.
         explanation: the sites and the dependency that decided, in the paper's terms.
+        summaries: the data arrays (labels) through a global summary of which (mean, sd, sum)
+            the model couples every datum to all the others: a minibatch changes that summary,
+            so such a model must not be fitted on minibatches (:func:`refuse_minibatches`).
+        dataless: the local latents whose optimal factor depends on no data (an encoder for
+            them would have no input).
     """
 
     verdict: Verdict
     inputs: tuple[int, ...] | None
     explanation: str
+    summaries: tuple[str, ...] = ()
+    dataless: tuple[str, ...] = ()
 
 
 def no_locals_report(problem: Problem) -> StructureReport:
@@ -80,8 +86,18 @@ def coupled_report(problem: Problem, edges: set[Edge]) -> StructureReport:
     return StructureReport("not-amortizable", None, explanation)
 
 
-def window_report(problem: Problem, windows: Sequence[LocalWindow]) -> StructureReport:
-    """The verdict for uncoupled local latents: dense, simple hierarchical or expanded domain."""
+def window_report(
+    problem: Problem,
+    windows: Sequence[LocalWindow],
+    summaries: Mapping[tuple[str, str], set[str]] | None = None,
+) -> StructureReport:
+    """The verdict for uncoupled local latents: dense, simple hierarchical or expanded domain.
+
+    A global summary of a data array (``summaries``: (local, label) -> factors) is the same
+    for every datum: it acts as a global parameter fixed by the data, so it is a global
+    influence (Theorem 3.4) and the encoder of the window can represent it.
+    """
+    summaries = dict(summaries or {})
     dense = [w for w in windows if w.problem is not None]
     if dense:
         details = "; ".join(f"local latent '{w.local}' {w.problem}" for w in dense)
@@ -91,9 +107,15 @@ def window_report(problem: Problem, windows: Sequence[LocalWindow]) -> Structure
             f"{_scope(problem)} No local latent is coupled to another datum's, but {details}. "
             "Its optimal factor (Lemma 3.1) then depends on the data through no fixed window, "
             "as in a dense hierarchical model: no inference function of a strict subset of the "
-            "data is ideal (Theorem 3.4, Proposition 3.8). Fit it with avi.Factorized().",
+            f"data is ideal (Theorem 3.4, Proposition 3.8).{_limit(problem)} Fit it with "
+            "avi.Factorized().",
         )
     details = "; ".join(_links_phrase(problem, w) for w in windows)
+    dataless = tuple(
+        w.local for w in windows if not w.links and not any(k[0] == w.local for k in summaries)
+    )
+    extra = _summary_phrase(problem, summaries) + _dataless_phrase(dataless) + _limit(problem)
+    labels = tuple(sorted({label for _, label in summaries}))
     inputs = tuple(sorted({0} | {offset for w in windows for _, offset in w.links}))
     if inputs == (0,):
         return StructureReport(
@@ -101,9 +123,12 @@ def window_report(problem: Problem, windows: Sequence[LocalWindow]) -> Structure
             inputs,
             f"{_scope(problem)} Each local latent's optimal factor (CAVI, Lemma 3.1) involves "
             f"only its own datum and the globals: {details}; no local latent shares a factor "
-            "with another datum's. The model is simple hierarchical (Definition 3.3), so by "
-            "Theorem 3.4 an ideal inference function of the datum alone exists: "
-            "avi.Amortized(encoder) can close the amortization gap.",
+            "with another datum's, and no distribution depends on the datum's position. The "
+            "model is simple hierarchical (Definition 3.3), so by Theorem 3.4 an ideal "
+            "inference function of the datum alone exists: avi.Amortized(encoder) can close the "
+            f"amortization gap.{extra}",
+            labels,
+            dataless,
         )
     return StructureReport(
         "expanded-domain",
@@ -113,7 +138,97 @@ def window_report(problem: Problem, windows: Sequence[LocalWindow]) -> Structure
         "ideal (Theorem 3.4), but each optimal factor (Lemma 3.1) depends on the data at fixed "
         f"offsets, so an ideal function of the window {inputs} exists, as for the paper's saw "
         f"model: use avi.Amortized(encoder, inputs=avi.Window(offsets={inputs})). Data at the "
-        "ends lack part of the window and keep their own factors (Remark 3.7).",
+        f"ends lack part of the window and keep their own factors (Remark 3.7).{extra}",
+        labels,
+        dataless,
+    )
+
+
+def position_report(
+    problem: Problem, offsets: tuple[int, ...], pair: tuple[int, int]
+) -> StructureReport:
+    """The verdict when the model treats data differently by their position (not exchangeable)."""
+    n, m = pair
+    window = "datum" if offsets == (0,) else f"window of offsets {offsets}"
+    return StructureReport(
+        "not-amortizable",
+        None,
+        f"{_scope(problem)} The model depends on the datum's position: swapping data {n} and "
+        f"{m} (each {window}, with its local latents) changes the optimal factor of the one "
+        "moved, so the model computes something from the index n itself (jnp.arange over the "
+        "plate, a mask, a trend, a scale or noise that varies with n). Such a model is not "
+        "exchangeable, hence not simple hierarchical (Definition 3.3): two data with equal "
+        "values at different positions need different factors, and no inference function of "
+        "the data alone is ideal (Theorem 3.4). Fix: pass the position, or what the model "
+        "computes from it, as a per-datum argument (e.g. model(x, index=jnp.arange(N)) with "
+        "the index used inside the plate): the encoder then sees it and the model becomes "
+        "simple hierarchical.",
+    )
+
+
+def unseen_report(
+    problem: Problem, unseen: Mapping[tuple[str, str], set[str]]
+) -> StructureReport:
+    """The verdict when a local latent depends, datum by datum, on data outside the plate."""
+    details = join(
+        [
+            f"'{local}' depends on {label} {_through(problem, local, terms)}"
+            for (local, label), terms in sorted(unseen.items())
+        ]
+    )
+    return StructureReport(
+        "not-amortizable",
+        None,
+        f"{_scope(problem)} {details}, which has no axis along plate '{problem.plate}': each "
+        "datum's optimal factor (Lemma 3.1) depends on its own part of those data, which an "
+        "encoder of the plate's per-datum data never sees, so no inference function of them "
+        "is ideal (Theorem 3.4). Fix: choose the plate those data live in, group them by this "
+        "plate (avi.fit(..., groups=...)), or pass per-datum summaries of them as arguments "
+        "along the plate; else fit with avi.Factorized().",
+    )
+
+
+def _summary_phrase(problem: Problem, summaries: Mapping[tuple[str, str], set[str]]) -> str:
+    """The sentence on global summaries of the data, if any."""
+    if not summaries:
+        return ""
+    parts = join(
+        [
+            f"'{local}' depends on a summary of all of {label} (such as its mean or sd) "
+            f"{_through(problem, local, terms)}"
+            for (local, label), terms in sorted(summaries.items())
+        ]
+    )
+    return (
+        f" Besides, {parts}: a statistic of the whole data set is the same for every datum, "
+        "so it acts as a global influence (a global fixed by the data) and the encoder can "
+        "represent it. It changes with the data set, though: do not fit this model on "
+        "minibatches (compute the summary once and pass it as an argument instead), and new "
+        "data's posteriors assume the training data's summary."
+    )
+
+
+def _dataless_phrase(dataless: Sequence[str]) -> str:
+    """The sentence on local latents whose optimal factor depends on no data."""
+    if not dataless:
+        return ""
+    names = join([f"'{n}'" for n in dataless])
+    return (
+        f" {names} depend{'s' if len(dataless) == 1 else ''} on no data at all: the optimal "
+        "factor is the same for every datum (a function of the globals only), so an encoder "
+        "would have no input; fit it with avi.Constant() or avi.Factorized(), or check that "
+        "the data plate is the one the observations live in."
+    )
+
+
+def _limit(problem: Problem) -> str:
+    """The sentence on what the analysis did not examine."""
+    if problem.size >= problem.num_data:
+        return ""
+    return (
+        f" Dependencies reaching more than {problem.size} data away were not verified beyond "
+        f"{problem.size} data (the analysis examined the first {problem.size} of "
+        f"{problem.num_data})."
     )
 
 
@@ -122,12 +237,8 @@ def _scope(problem: Problem) -> str:
     head = f"Data plate '{problem.plate}' (N = {problem.num_data})"
     if problem.size < problem.num_data:
         head += f", analysed on its first {problem.size} data"
-    elif problem.size > SUB_SIZE:
-        probes = join([str(p) for p in design_for(problem.size).probes])
-        head += (
-            ", analysed on all data (the model does not re-run on fewer data), probing data "
-            f"{probes} within {WINDOW} neighbours"
-        )
+    else:
+        head += ", analysed on all data"
     head += "."
     for name in problem.disguised:
         head += (

@@ -5,18 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import numpyro
 
 from avi.model import Model, trace_model
 from avi.structure.dependencies import dependencies, local_window
 from avi.structure.probes import design_for
-from avi.structure.problem import analysed_problem
+from avi.structure.problem import Problem, analysed_problem
+from avi.structure.program import exchange_points
 from avi.structure.report import (
     StructureReport,
     coupled_report,
     no_locals_report,
+    position_report,
+    unseen_report,
     window_report,
 )
+
+EXCHANGE_RTOL = 1e-7
+"""A swap of two data's windows changes g(z_n) beyond rounding above this relative size."""
+EXCHANGE_PAIRS = 12
+"""Consecutive and spread candidates compared with the reference datum in the exchange probe."""
 
 
 def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> StructureReport:
@@ -25,9 +34,12 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
     The decision follows the dependency structure of the optimal CAVI factors q*(z_n)
     (Lemma 3.1): simple hierarchical models (Definition 3.3) admit an ideal inference function
     of the datum (Theorem 3.4); models whose factors depend on the data at fixed offsets admit one
-    of a window of data (expanded domain, as the saw model); models with coupled local latents or
-    dense dependencies admit none short of all the data (Proposition 3.8). See the docstring of
-    :mod:`avi.structure` for how the structure is measured; names of sites play no role.
+    of a window of data (expanded domain, as the saw model); models with coupled local latents,
+    dense dependencies, dependence on data outside the data plate, or on the datum's position
+    (not exchangeable) admit none of the encoder's input (Proposition 3.8). A global summary of
+    the data (its mean, sd, ...) is the same for every datum and counts as a global influence.
+    See the docstring of :mod:`avi.structure` for how the structure is measured; names of sites
+    play no role. JAX's x64 mode and NumPyro's validation flag are restored on return.
 
     Args:
         model: a NumPyro model with a data plate, written with jax.numpy (traceable in its
@@ -49,11 +61,45 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
         problem = analysed_problem(model, args, kwargs, layout)
         if not problem.locals:
             return no_locals_report(problem)
-        coupling, data = dependencies(problem, design_for(problem.size))
-    if coupling:
-        return coupled_report(problem, coupling)
-    windows = [
-        local_window(name, [e for e in data if e.local == name], problem.size)
-        for name in problem.locals
-    ]
-    return window_report(problem, windows)
+        found = dependencies(problem, design_for(problem.size))
+        if found.coupling:
+            return coupled_report(problem, found.coupling)
+        if found.unseen:
+            return unseen_report(problem, found.unseen)
+        windows = [
+            local_window(name, [e for e in found.data if e.local == name], problem.size)
+            for name in problem.locals
+        ]
+        if all(w.problem is None for w in windows):
+            offsets = tuple(sorted({0} | {o for w in windows for _, o in w.links}))
+            moved = _position_dependent(problem, offsets)
+            if moved is not None:
+                return position_report(problem, offsets, moved)
+    return window_report(problem, windows, found.summaries)
+
+
+def exchange_pairs(size: int, offsets: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Pairs (n, m) of interior data whose windows n + K and m + K are disjoint: m the first
+    interior datum, n the EXCHANGE_PAIRS next ones past the window and as many spread out."""
+    low, high = max(0, -min(offsets)), size - max(0, max(offsets))
+    start = low + max(offsets) - min(offsets) + 1
+    if start >= high:
+        return []
+    spread = np.linspace(start, high - 1, EXCHANGE_PAIRS).astype(int).tolist()
+    candidates = sorted({*range(start, min(start + EXCHANGE_PAIRS, high)), *spread})
+    return [(n, low) for n in candidates]
+
+
+def _position_dependent(problem: Problem, offsets: tuple[int, ...]) -> tuple[int, int] | None:
+    """A pair (n, m) whose swap changes the optimal factor's gradient, or None: the model is
+    exchangeable (Definition 3.3) up to its window."""
+    pairs = exchange_pairs(problem.size, offsets)
+    if not pairs:
+        return None
+    for diff, scale in exchange_points(problem, offsets, pairs):
+        moved = np.flatnonzero(diff > EXCHANGE_RTOL * scale + 1e-300)
+        if moved.size:
+            return pairs[int(moved[0])]
+    return None
+
+
