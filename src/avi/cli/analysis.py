@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from avi.cli.arguments import positive_int as _positive_int
 from avi.analysis.compare import Comparison, compare
 from avi.families.encoders import MLP, Polynomial
 from avi.errors import AviError
@@ -202,13 +203,6 @@ def _handled(
             return 2
 
     return run
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,9 +29,9 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 
 import avi
-from avi.paper.bench.timing import Run, Stopwatch, first_within
-from avi.vi.elbo import Problem, VariationalParams
+from avi.paper.bench.timing import Run, Stopwatch, first_within, fit_to_target
 from avi.paper.experiments import linear
+from avi.vi.elbo import Problem, VariationalParams
 
 CHUNK = 100
 GAP_PER_DATUM = 1e-4
@@ -62,36 +62,23 @@ def avi_method(name: str, family: avi.Amortized | avi.Factorized, **options) -> 
 
     def run(x: np.ndarray, target: float, max_steps: int, budget: float, seed: int) -> Run:
         optimum = linear.factorized_optimum(x).elbo
-        warm = avi.fit(
-            linear.model, x, family=family, seed=seed, max_steps=CHUNK, progress=False, **options
-        )
-        gaps: list[float] = []
-        watch = Stopwatch()
 
-        def callback(step: int, params: VariationalParams, problem: Problem) -> bool:
-            watch.pause()
+        def gap(params: VariationalParams, problem: Problem) -> float:
             loc, log_scale = problem.family.local_params(params.local, problem.local_data, None)
-            gaps.append(
-                _exact_gap(
-                    x,
-                    optimum,
-                    params.global_loc[0],
-                    jnp.exp(params.global_log_scale[0]),
-                    loc[:, 0],
-                    jnp.exp(log_scale[:, 0]),
-                )
-            )
-            watch.resume()
-            return gaps[-1] <= target or watch.elapsed > budget
+            theta_sd = jnp.exp(params.global_log_scale[0])
+            z_sd = jnp.exp(log_scale[:, 0])
+            return _exact_gap(x, optimum, params.global_loc[0], theta_sd, loc[:, 0], z_sd)
 
-        fit = avi.fit(
+        warm, fit, gaps = fit_to_target(
             linear.model,
             x,
-            family=family,
+            family,
+            gap,
             seed=seed,
+            warm_steps=CHUNK,
             max_steps=max_steps,
-            progress=False,
-            callback=callback,
+            target=target,
+            budget=budget,
             **options,
         )
         checkpoints = list(zip(fit.history.step, fit.history.wall_time, gaps, strict=False))

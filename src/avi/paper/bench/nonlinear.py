@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 
 import avi
-from avi.paper.bench.timing import Run, Stopwatch, first_within
-from avi.vi.elbo import Problem, VariationalParams, elbo_draws
+from avi.paper.bench.timing import Run, first_within, fit_to_target
 from avi.paper.experiments import nonlinear
+from avi.vi.elbo import elbo_draws
 
 CHUNK = 50
 CHECK_DRAWS = 64
@@ -52,33 +52,17 @@ def reference_elbo(x: Any, seed: int = 0) -> float:
 def run(x: Any, family: Any, reference: float, budget: float, seed: int) -> tuple[Run, Run]:
     """(Run to the 1% criterion, Run to the strict criterion) of one default-settings fit."""
     strict_target = GAP_PER_DATUM * len(x)
-    warm = avi.fit(
+    warm, fit, gaps = fit_to_target(
         nonlinear.model,
         x,
-        family=family,
+        family,
+        lambda params, problem: reference - float(_check(CHECK_KEY, params, problem)),
         seed=seed,
-        max_steps=CHUNK,
-        chunk_size=CHUNK,
-        progress=False,
-    )
-    gaps: list[float] = []
-    watch = Stopwatch()
-
-    def callback(step: int, params: VariationalParams, problem: Problem) -> bool:
-        watch.pause()
-        gaps.append(reference - float(_check(CHECK_KEY, params, problem)))
-        watch.resume()
-        return gaps[-1] <= strict_target or watch.elapsed > budget
-
-    fit = avi.fit(
-        nonlinear.model,
-        x,
-        family=family,
-        seed=seed,
+        warm_steps=CHUNK,
         max_steps=30_000,
+        target=strict_target,
+        budget=budget,
         chunk_size=CHUNK,
-        progress=False,
-        callback=callback,
     )
     times = list(fit.history.wall_time)
     steps = list(fit.history.step)

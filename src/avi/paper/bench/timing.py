@@ -6,6 +6,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import avi
+from avi.vi.elbo import Problem, VariationalParams
+
+Gap = Callable[[VariationalParams, Problem], float]
+"""The gap to the target of a checkpoint's variational parameters (computed untimed)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,50 @@ class Stopwatch:
 
     def resume(self) -> None:
         self._start = time.perf_counter()
+
+
+def fit_to_target(
+    model: Callable[..., None],
+    x: Any,
+    family: Any,
+    gap: Gap,
+    *,
+    seed: int,
+    warm_steps: int,
+    max_steps: int,
+    target: float,
+    budget: float,
+    **options: Any,
+) -> tuple[avi.Fit, avi.Fit, list[float]]:
+    """(warm fit, timed fit, gap at each checkpoint) of one ``avi.fit`` run to a target.
+
+    The warm fit (``warm_steps`` steps, same options) builds the compiled program. The timed
+    fit records ``gap`` at every checkpoint with its stopwatch paused, and stops at the first
+    checkpoint within ``target`` or once its optimisation time exceeds ``budget`` seconds.
+    """
+    warm = avi.fit(
+        model, x, family=family, seed=seed, max_steps=warm_steps, progress=False, **options
+    )
+    gaps: list[float] = []
+    watch = Stopwatch()
+
+    def callback(step: int, params: VariationalParams, problem: Problem) -> bool:
+        watch.pause()
+        gaps.append(float(gap(params, problem)))
+        watch.resume()
+        return gaps[-1] <= target or watch.elapsed > budget
+
+    fit = avi.fit(
+        model,
+        x,
+        family=family,
+        seed=seed,
+        max_steps=max_steps,
+        progress=False,
+        callback=callback,
+        **options,
+    )
+    return warm, fit, gaps
 
 
 def first_within(

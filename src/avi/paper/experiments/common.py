@@ -3,17 +3,10 @@
 An experiment module (``linear``, ``nonlinear``, ``deep_generative``, ``saw``, ``hmm``) builds a
 :class:`Setup` for a run size with its ``setup(size)`` function. :mod:`avi.paper.reproduce` fits every
 family of the setup for every seed, scores the fits and writes the report; it sees a model
-only through its setup (and names the experiments that get an extra figure or column).
+only through its setup and its entry in :mod:`avi.paper.experiments.registry` (the hooks for an
+experiment's own report columns and figures).
 
-Run sizes (decided here; the paper has one size per experiment):
-
-* ``full``: the paper's sizes (section 4 and appendix B): N, iterations, draws, learning rates.
-* ``medium``: the paper's N, iterations and learning rates with one draw per step (the HMM keeps
-  its 100); 16 minutes for all five on two CPU cores with three seeds.
-* ``quick``: all five experiments in under ten minutes on two CPU cores (``avi reproduce all
-  --quick``): N = 1,000, fewer iterations, 4 draws per step.
-* ``tiny``: seconds per experiment, for the default test suite: F-VI and one amortized family,
-  tiny data, a few hundred iterations; findings are not expected.
+Run sizes and the sizes of each run are in :mod:`avi.paper.experiments.sizes`.
 """
 
 from __future__ import annotations
@@ -21,21 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import optax
 import pandas as pd
 
-from avi.errors import AviError
 from avi.families import Factorized, Family
-from avi.fit import Fit
 from avi.model import Model
-
-Size = Literal["tiny", "quick", "medium", "full"]
-SIZES: tuple[Size, ...] = ("tiny", "quick", "medium", "full")
-
-DEFAULT_SEEDS: Mapping[Size, int] = {"tiny": 2, "quick": 2, "medium": 3, "full": 10}
-"""Seeds per size when ``--seeds`` is not given (the paper uses 10)."""
+from avi.result import Fit
 
 REFERENCE_LABEL = "F-VI"
 """Label of the factorized family every experiment compares against."""
@@ -45,17 +32,6 @@ REFERENCE_LABEL = "F-VI"
 def adam(learning_rate: float) -> optax.GradientTransformation:
     """Adam at a fixed rate, one object per rate, so that fits over seeds reuse one program."""
     return optax.adam(learning_rate)
-
-
-def check_size(size: str) -> Size:
-    """Return ``size`` if it is a run size.
-
-    Raises:
-        AviError: naming the argument and the sizes there are.
-    """
-    if size not in SIZES:
-        raise AviError(f"size={size!r} is not a run size; choose one of {', '.join(SIZES)}.")
-    return size  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -104,6 +80,12 @@ class Claim:
 
 ClaimCheck = Callable[[pd.DataFrame, pd.DataFrame], list[Claim]]
 """(summary per family, results per fit) -> the experiment-level claims, checked."""
+
+Figures = Callable[[pd.DataFrame, int, Path], list[Path]]
+"""(summary per family, N, directory) -> the experiment's own figures, written as PNG files."""
+
+ReportColumns = tuple[tuple[str, str], ...]
+"""Experiment-specific summary columns shown in the report: (column, heading)."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ estimate that the verdicts use.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -37,19 +38,13 @@ import numpyro.distributions as dist
 import pandas as pd
 
 import avi
-from avi.paper.experiments.common import (
-    REFERENCE_LABEL,
-    Claim,
-    FamilySpec,
-    Setup,
-    check_size,
-    keep,
-    speed_claim,
-)
+from avi.paper.experiments.common import REFERENCE_LABEL, Claim, FamilySpec, Setup, speed_claim
+from avi.paper.experiments.sizes import Scale, Sizes, vector_setup
 
 TAU = 1.155
 SIGMA = 2.43
 NUM_DATA = 10_000
+TITLE = "Linear model (Eq. 8, Prop. 3.6)"
 
 
 def model(x: jnp.ndarray, tau: float = TAU, sigma: float = SIGMA) -> None:
@@ -142,19 +137,16 @@ def constant_gap(x: np.ndarray, tau: float = TAU, sigma: float = SIGMA) -> float
 # --- the experiment of the paper's section 4 (avi reproduce linear) ----------------------------
 
 
-class _Scale(NamedTuple):
-    num_data: int
-    num_steps: int
-    num_particles: int
-    families: tuple[str, ...] | None = None
+SCALES = Sizes(
+    tiny=Scale(200, 300, 2, ("A-VI polynomial degree 1",)),
+    quick=Scale(1_000, 5_000, 4),
+    medium=Scale(NUM_DATA, 5_000, 1),
+    full=Scale(NUM_DATA, 5_000, 100),
+)
+"""Run sizes; ``full`` is the paper's."""
 
-
-_SCALES = {
-    "tiny": _Scale(200, 300, 2, ("A-VI polynomial degree 1",)),
-    "quick": _Scale(1_000, 5_000, 4),
-    "medium": _Scale(NUM_DATA, 5_000, 1),
-    "full": _Scale(NUM_DATA, 5_000, 100),
-}
+REPORT_COLUMNS = (("exact_gap", "exact gap (mean)"),)
+"""The report shows the exact gap of every family beside the Monte Carlo one."""
 
 
 def fit_elbo(fit: avi.Fit, x: np.ndarray) -> float:
@@ -166,7 +158,8 @@ def fit_elbo(fit: avi.Fit, x: np.ndarray) -> float:
     return elbo(x, theta, z)
 
 
-def _families() -> tuple[FamilySpec, ...]:
+def families() -> tuple[FamilySpec, ...]:
+    """F-VI, the constant family and polynomial means of degree 1 and 2, with the paper's rates."""
     return (
         FamilySpec(REFERENCE_LABEL, avi.Factorized(), 1e-3, None, "reference (lr 1e-3)"),
         FamilySpec("constant", avi.Constant(), 1e-2, False, "does not close the gap"),
@@ -210,23 +203,8 @@ def setup(size: str = "full") -> Setup:
     Raises:
         AviError: ``size`` is not a run size.
     """
-    scale = _SCALES[check_size(size)]
+    scale = SCALES[size]
     x = simulate(scale.num_data, seed=0)
-    return Setup(
-        name="linear",
-        title="Linear model (Eq. 8, Prop. 3.6)",
-        model=model,
-        args=(x,),
-        num_data=scale.num_data,
-        families=keep(_families(), scale.families),
-        num_steps=scale.num_steps,
-        num_particles=scale.num_particles,
-        batch_size=None,
-        eval_particles=1000,
-        settings=(
-            f"N = {scale.num_data:,} (paper 10,000), {scale.num_steps:,} iterations (paper "
-            f"5,000), {scale.num_particles} draws per step (paper 100)"
-        ),
-        check_claims=check_claims,
-        exact_elbo=lambda fit: fit_elbo(fit, x),
-    )
+    settings = scale.against(SCALES.full)
+    setup = vector_setup("linear", TITLE, model, x, scale, families(), settings, check_claims)
+    return replace(setup, exact_elbo=lambda fit: fit_elbo(fit, x))

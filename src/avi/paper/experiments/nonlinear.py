@@ -20,8 +20,6 @@ Decisions where the paper leaves a choice (PAPER.md):
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -29,20 +27,14 @@ import numpyro.distributions as dist
 import pandas as pd
 
 import avi
-from avi.paper.experiments.common import (
-    REFERENCE_LABEL,
-    Claim,
-    FamilySpec,
-    Setup,
-    check_size,
-    family_row,
-    keep,
-)
+from avi.paper.experiments.common import REFERENCE_LABEL, Claim, FamilySpec, Setup, family_row
+from avi.paper.experiments.sizes import Scale, Sizes, vector_setup
 
 LEARNING_RATE = 1e-2
 WIDTHS = (1, 2, 4, 8, 16, 32)
 """The paper's encoder widths k; k >= 4 closes the gap."""
 CLOSING_WIDTH = 4
+TITLE = "Nonlinear model (section 4)"
 
 
 def model(x: jnp.ndarray) -> None:
@@ -62,19 +54,13 @@ def simulate(num_data: int, seed: int = 0) -> np.ndarray:
     return (theta + z * (1 + np.sin(z)) + noise).astype(np.float32)
 
 
-class _Scale(NamedTuple):
-    num_data: int
-    num_steps: int
-    num_particles: int
-    families: tuple[str, ...] | None = None
-
-
-_SCALES = {
-    "tiny": _Scale(200, 300, 2, ("A-VI MLP k=4",)),
-    "quick": _Scale(1_000, 5_000, 4),
-    "medium": _Scale(10_000, 20_000, 1),
-    "full": _Scale(10_000, 20_000, 100),
-}
+SCALES = Sizes(
+    tiny=Scale(200, 300, 2, ("A-VI MLP k=4",)),
+    quick=Scale(1_000, 5_000, 4),
+    medium=Scale(10_000, 20_000, 1),
+    full=Scale(10_000, 20_000, 100),
+)
+"""Run sizes; ``full`` is the paper's."""
 
 
 def _label(width: int) -> str:
@@ -141,22 +127,7 @@ def setup(size: str = "full") -> Setup:
     Raises:
         AviError: ``size`` is not a run size.
     """
-    scale = _SCALES[check_size(size)]
+    scale = SCALES[size]
     x = simulate(scale.num_data, seed=0)
-    return Setup(
-        name="nonlinear",
-        title="Nonlinear model (section 4)",
-        model=model,
-        args=(x,),
-        num_data=scale.num_data,
-        families=keep(_families(), scale.families),
-        num_steps=scale.num_steps,
-        num_particles=scale.num_particles,
-        batch_size=None,
-        eval_particles=1000,
-        settings=(
-            f"N = {scale.num_data:,} (paper 10,000), {scale.num_steps:,} iterations (paper "
-            f"20,000), {scale.num_particles} draws per step (paper 100), lr 1e-2"
-        ),
-        check_claims=check_claims,
-    )
+    settings = f"{scale.against(SCALES.full)}, lr 1e-2"
+    return vector_setup("nonlinear", TITLE, model, x, scale, _families(), settings, check_claims)
