@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,13 +90,15 @@ def fit_to_target(
 ) -> tuple[avi.Fit, avi.Fit, list[float]]:
     """(warm fit, timed fit, gap at each checkpoint) of one ``avi.fit`` run to a target.
 
-    The warm fit (``warm_steps`` steps, same options) builds the compiled program. The timed
-    fit records ``gap`` at every checkpoint with its stopwatch paused, and stops at the first
+    The warm fit (``warm_steps`` steps, same options) builds the compiled program; it stops
+    short of convergence by design, so its ConvergenceWarning is silenced. The timed fit records ``gap`` at every checkpoint with its stopwatch paused, and stops at the first
     checkpoint within ``target`` or once its optimisation time exceeds ``budget`` seconds.
     """
-    warm = avi.fit(
-        model, x, family=family, seed=seed, max_steps=warm_steps, progress=False, **options
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", avi.ConvergenceWarning)
+        warm = avi.fit(
+            model, x, family=family, seed=seed, max_steps=warm_steps, progress=False, **options
+        )
     gaps: list[float] = []
     watch = Stopwatch()
 
