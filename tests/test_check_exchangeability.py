@@ -182,9 +182,10 @@ def test_a_local_latent_that_depends_on_no_data_is_named():
 
 
 def test_an_encoder_without_features_is_refused():
-    with pytest.raises(avi.ModelError, match="no input"):
-        avi.structure.refuse_empty_encoder(0, "county", ["a"])
-    avi.structure.refuse_empty_encoder(3, "county", ["a"])
+    county = RNG.integers(0, 30, 300)
+    args = (county, data(300), RNG.integers(0, 2, 300).astype(np.float32), 30)
+    with pytest.raises(avi.FamilyError, match="no input"):
+        avi.fit(radon, *args, plate="county", family=avi.Amortized(avi.MLP(4)), progress=False)
 
 
 def test_simple_models_stay_simple_and_state_is_restored():

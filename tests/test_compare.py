@@ -26,7 +26,7 @@ def x() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def comparison(x: np.ndarray) -> avi.Comparison:
-    return avi.analysis.compare(
+    return avi.compare(
         linear.model,
         x,
         families={"constant": avi.Constant(), "degree 1": avi.Amortized(avi.Polynomial(1))},
@@ -163,7 +163,7 @@ def test_plots_return_figures(comparison: avi.Comparison, tmp_path):
 
 
 def test_several_seeds_give_one_fit_each(x: np.ndarray):
-    comparison = avi.analysis.compare(
+    comparison = avi.compare(
         linear.model,
         x,
         families={"F": avi.Factorized(), "degree 1": avi.Amortized(avi.Polynomial(1))},
@@ -213,7 +213,7 @@ def test_over_seeds_counts_the_spread_between_seeds():
 )
 def test_bad_arguments_are_named(x: np.ndarray, kwargs, error, match):
     with pytest.raises(error, match=match):
-        avi.analysis.compare(linear.model, x, **kwargs)
+        avi.compare(linear.model, x, **kwargs)
 
 
 def test_unknown_family_name_is_named(comparison: avi.Comparison):

@@ -19,7 +19,7 @@ N = 2_000
 def result() -> avi.Sweep:
     x = linear.simulate(N, seed=0)
     encoders = [avi.Polynomial(2), avi.Polynomial(0), avi.Polynomial(1)]
-    return avi.analysis.sweep(linear.model, x, encoders=encoders, progress=False)
+    return avi.sweep(linear.model, x, encoders=encoders, progress=False)
 
 
 def test_smallest_closing_encoder_is_degree_one(result: avi.Sweep):
@@ -39,7 +39,7 @@ def test_table_orders_encoders_by_size(result: avi.Sweep):
 
 def test_no_closing_encoder_gives_none():
     x = linear.simulate(N, seed=0)
-    result = avi.analysis.sweep(
+    result = avi.sweep(
         linear.model, x, encoders=[avi.Polynomial(0)], eval_particles=100, progress=False
     )
     assert result.smallest is None
@@ -57,4 +57,4 @@ def test_no_closing_encoder_gives_none():
 )
 def test_bad_encoders_are_named(encoders, match):
     with pytest.raises(avi.FamilyError, match=match):
-        avi.analysis.sweep(linear.model, linear.simulate(20), encoders=encoders)
+        avi.sweep(linear.model, linear.simulate(20), encoders=encoders)

@@ -7,6 +7,7 @@ and the pure pair ``init``/``step`` (:mod:`avi.vi`), hands both to the runner
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -18,13 +19,14 @@ import numpy as np
 import optax
 
 from avi.amortization_warning import warn_if_not_amortizable
-from avi.data.prepare import prepare_in_memory, prepare_streamed
+from avi.data.prepare import Prepared, prepare_in_memory, prepare_streamed
 from avi.data.shard import data_mesh, shard_rows
 from avi.data.stream import BatchSource, is_streamed
-from avi.errors import AviError, ConvergenceWarning, FamilyError
+from avi.errors import AviError, ConvergenceWarning, FamilyError, ModelError
 from avi.families import Family, as_family
 from avi.model import Model
 from avi.result import Fit
+from avi.structure import StructureReport, check, minibatch_refusal
 from avi.vi import PlateauRule, fit_keys, run
 from avi.vi.algorithm import restrict
 from avi.vi.build import algorithm_for
@@ -170,8 +172,9 @@ def fit(
         The :class:`Fit`.
     """
     default_amortized = isinstance(family, str) and family.lower() == "amortized"
+    report = None
     if default_amortized and not is_streamed(args, kwargs):
-        warn_if_not_amortizable(model, args, kwargs, plate, family=as_family(family))
+        report = warn_if_not_amortizable(model, args, kwargs, plate, family=as_family(family))
     family = as_family(family)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise AviError(f"chunk_size={chunk_size!r}: give a positive integer.")
@@ -181,6 +184,8 @@ def fit(
     else:
         tables = bool(family.table_keys)
         prepared = prepare_in_memory(model, args, kwargs, plate, tables, batch_size)
+        if prepared.batch_size is not None:
+            prepared = _unless_summarised(prepared, batch_size, report, plate)
     layout = prepared.traced.layout
     _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles)
     algorithm = algorithm_for(
@@ -235,6 +240,27 @@ def fit(
     if result.reason == "max_steps":
         _warn_unconverged(fitted)
     return fitted
+
+
+def _unless_summarised(
+    prepared: Prepared, batch_size: int | None, report: StructureReport | None, plate: str | None
+) -> Prepared:
+    """Minibatches only for a model that computes no summary of all its data (a mean or sd
+    computed inside the model would be the minibatch's: another model's ELBO).
+
+    Raises:
+        ModelError: ``batch_size`` was given and the model summarises its data; the automatic
+            choice falls back to the full batch instead.
+    """
+    traced = prepared.traced
+    if report is None:
+        report = check(traced.model, *prepared.args, plate=plate, **prepared.kwargs)
+    reason = minibatch_refusal(report)
+    if reason is None:
+        return prepared
+    if batch_size is not None:
+        raise ModelError(f"batch_size={batch_size}: {reason}")
+    return dataclasses.replace(prepared, batch_size=None)
 
 
 STREAMED_CERTIFICATE_ROWS = 65_536

@@ -82,16 +82,16 @@ def on_data(fit: Fit, args: Sequence[Any], kwargs: Mapping[str, Any]) -> OnData:
         FamilyError: new data for a Factorized fit, or data it cannot infer (see
             :meth:`avi.Fit.local_factors`).
     """
-    loc, log_scale = fit.local_factors(*args, **kwargs)
+    parts = fit.local_factors(*args, **kwargs)
+    factors = dict(zip(fit.family.factor.parameters, parts, strict=True))
+    family = Factorized(fit.family.factor)
     if args or kwargs:
         traced = trace_model(fit.traced.model, args, kwargs, plate=fit.traced.layout.plate)
-        problem = _factorized_problem(traced.model, traced.layout, args, kwargs)
+        problem = _factorized_problem(family, traced.model, traced.layout, args, kwargs)
     else:
         base = fit.problem
-        problem = _factorized_problem(base.model, base.layout, base.args, base.kwargs)
-    params = VariationalParams(
-        fit.params.global_loc, fit.params.global_log_scale, {"loc": loc, "log_scale": log_scale}
-    )
+        problem = _factorized_problem(family, base.model, base.layout, base.args, base.kwargs)
+    params = VariationalParams(fit.params.global_loc, fit.params.global_log_scale, factors)
     return OnData(problem, params)
 
 

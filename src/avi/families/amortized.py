@@ -68,11 +68,12 @@ class Amortized:
         in_size = data.features.shape[1]
         if in_size == 0:
             raise FamilyError(
-                "Amortized: the data plate carries no per-datum data to feed the encoder (no "
-                "observed site and no argument has the plate's size along its first axis), so "
-                "an encoder could only learn one factor for every datum. Fit avi.Factorized() "
-                "or avi.Constant(), or pass the data each local latent depends on as per-datum "
-                "arguments (for grouped data, the plate of the groups with their rows)."
+                "Amortized: the encoder would have no input. The data plate holds no observed "
+                "site and no per-datum argument (an array with the plate's size along its first "
+                "axis), so every datum would get the same factor whatever its data: the data "
+                "these latents depend on live in another plate. Choose the plate the "
+                "observations live in (plate=...), pass per-datum data of this plate as "
+                "arguments, or fit avi.Factorized()."
             )
         start = self.factor.init(local_dim)
         if isinstance(self.encoder, EncoderSpec):

@@ -60,13 +60,12 @@ Modules, each importing only those before it:
 """
 
 from avi.structure.report import StructureReport
-from avi.structure.refusals import minibatch_refusal, refuse_empty_encoder, refuse_minibatches
+from avi.structure.refusals import minibatch_refusal, refuse_minibatches
 from avi.structure.verdict import check
 
 __all__ = [
     "StructureReport",
     "check",
     "minibatch_refusal",
-    "refuse_empty_encoder",
     "refuse_minibatches",
 ]

@@ -60,27 +60,3 @@ def refuse_minibatches(
     reason = minibatch_refusal(report)
     if reason is not None:
         raise ModelError(f"batch_size: {reason}")
-
-
-def refuse_empty_encoder(num_features: int, plate: str, sites: Sequence[str] = ()) -> None:
-    """Raise when the encoder of the local latents would have no input feature.
-
-    Args:
-        num_features: the number of encoder input features per datum (0: no per-datum
-            argument and no observed site along the plate).
-        plate: the data plate's name.
-        sites: the local latent sites the encoder would serve (for the message).
-
-    Raises:
-        ModelError: naming the plate, the sites and the fix.
-    """
-    if num_features > 0:
-        return
-    names = ", ".join(f"'{s}'" for s in sites) or "the local latents"
-    raise ModelError(
-        f"The encoder for {names} would have no input: plate '{plate}' holds no observed site "
-        "and no per-datum argument, so every datum would get the same factor whatever its data "
-        "(the data these latents depend on live in another plate). Choose the plate the "
-        "observations live in (plate=...), group them by this plate (groups=...), pass "
-        "per-datum data of this plate as arguments, or fit with avi.Factorized()."
-    )
