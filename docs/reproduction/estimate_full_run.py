@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 import avi
-from avi.experiments import registry
-from avi.experiments.common import fit_options
+from avi.paper.experiments import registry
+from avi.paper.experiments.common import fit_options
 
 
 def _evaluation_time(fit: avi.Fit, num_particles: int, timed: int = 20) -> float:
