@@ -20,9 +20,9 @@ import pytest
 
 import avi
 from avi.analysis.per_datum import _decomposed_draws, on_data, per_datum_log_joint
-from avi.vi.elbo import VariationalParams, elbo_draws
-from avi.paper.experiments import linear, saw
 from avi.model import log_joint, trace_model
+from avi.paper.experiments import linear, saw
+from avi.vi.elbo import VariationalParams, elbo_draws
 
 SAW_N = 500
 SEED = 7

@@ -69,7 +69,10 @@ def x() -> np.ndarray:
 
 @pytest.mark.parametrize(
     "family",
-    [avi.Factorized(factor=StudentT(1000.0)), avi.Amortized(avi.Polynomial(1), factor=StudentT(1000.0))],
+    [
+        avi.Factorized(factor=StudentT(1000.0)),
+        avi.Amortized(avi.Polynomial(1), factor=StudentT(1000.0)),
+    ],
     ids=["factorized", "amortized"],
 )
 def test_a_nearly_gaussian_student_t_factor_reaches_the_gaussian_optimum(x, family):
@@ -86,7 +89,9 @@ def test_a_nearly_gaussian_student_t_factor_reaches_the_gaussian_optimum(x, fami
 
 def test_heavy_tails_cost_nats_on_a_gaussian_posterior(x):
     optimum = linear.factorized_optimum(x).elbo
-    fit = avi.fit(linear.model, x, family=avi.Factorized(factor=StudentT(2.0)), seed=0, progress=False)
+    fit = avi.fit(
+        linear.model, x, family=avi.Factorized(factor=StudentT(2.0)), seed=0, progress=False
+    )
     estimate = fit.elbo(num_particles=2000, seed=1)
     assert estimate.mean < optimum - 5.0
 

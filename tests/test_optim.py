@@ -12,8 +12,8 @@ import optax
 import pytest
 
 import avi
-from avi.vi.elbo import elbo_draws
 from avi.paper.experiments import linear
+from avi.vi.elbo import elbo_draws
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 

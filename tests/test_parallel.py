@@ -62,8 +62,8 @@ def test_devices_that_do_not_divide_the_data_are_refused():
     import jax
 
     import avi
-    from avi.paper.experiments import linear
     from avi.data.shard import data_mesh
+    from avi.paper.experiments import linear
 
     assert data_mesh(None, 7) is None  # one device in this process
     with pytest.raises(avi.AviError, match="do not divide N=7"):

@@ -165,9 +165,9 @@ def test_plateau_rule_without_annealing_converges_at_the_first_plateau():
 
 def _fit_twice(first: dict, second: dict, *args_first, args_second) -> int:
     """Compilations of the second fit and its certificate, after the first's."""
-    avi.fit(linear.model, *args_first, progress=False, **first).certificate
+    _ = avi.fit(linear.model, *args_first, progress=False, **first).certificate
     before = COUNTER.count
-    avi.fit(linear.model, *args_second, progress=False, **second).certificate
+    _ = avi.fit(linear.model, *args_second, progress=False, **second).certificate
     return COUNTER.count - before
 
 

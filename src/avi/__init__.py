@@ -1,5 +1,6 @@
 """avi: amortized variational inference for NumPyro models (Margossian and Blei, 2024)."""
 
+from avi import vi
 from avi.amortization_warning import AmortizationWarning, warn_if_not_amortizable
 from avi.analysis.compare import Comparison, compare
 from avi.analysis.diagnostics import (
@@ -11,7 +12,7 @@ from avi.analysis.diagnostics import (
 )
 from avi.analysis.per_datum import per_datum_elbo_draws
 from avi.analysis.refine import refine
-from avi.families.encoders import MLP, Polynomial
+from avi.analysis.sweep import Sweep, sweep
 from avi.errors import (
     AviError,
     ConvergenceWarning,
@@ -21,12 +22,11 @@ from avi.errors import (
     ModelError,
 )
 from avi.families import Amortized, Constant, Factorized, Window
+from avi.families.encoders import MLP, Polynomial
 from avi.fit import fit
 from avi.result import Estimate, Fit
-from avi.vi import History
 from avi.structure import StructureReport, check
-from avi.analysis.sweep import Sweep, sweep
-from avi import vi
+from avi.vi import History
 
 __all__ = [
     "MLP",

@@ -207,7 +207,10 @@ def fit(
         anneal = optimizer is None
     rule = PlateauRule(tol, stages=3 if anneal else 1) if num_steps is None else None
     certifier = _certifier(
-        algorithm.problem, bool(sticking_the_landing), jax.random.fold_in(check_key, 1), prepared.source
+        algorithm.problem,
+        bool(sticking_the_landing),
+        jax.random.fold_in(check_key, 1),
+        prepared.source,
     )
     result = run(
         algorithm,
@@ -296,9 +299,13 @@ def _warn_unconverged(fitted: Fit) -> None:
     certificate = fitted.certificate
     problems = [str(b) for b in certificate.unsettled()]
     if certificate.non_finite:
-        problems.append(f"{certificate.non_finite} of {certificate.draws} gradient draws were NaN/inf")
+        problems.append(
+            f"{certificate.non_finite} of {certificate.draws} gradient draws were NaN/inf"
+        )
     if fitted.num_skipped:
-        problems.append(f"{fitted.num_skipped} of {fitted.num_steps} steps were skipped as non-finite")
+        problems.append(
+            f"{fitted.num_skipped} of {fitted.num_steps} steps were skipped as non-finite"
+        )
     warnings.warn(
         f"avi.fit reached max_steps={fitted.num_steps} without certified convergence: "
         f"{'; '.join(problems) or 'no block is certified'}. Its posterior is not yet its "

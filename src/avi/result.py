@@ -185,7 +185,10 @@ class Fit:
         """
         layout = self.traced.layout
         lam = self._factor_params(*args, **kwargs)
-        q_global = {"loc": self.params.global_loc[None], "log_scale": self.params.global_log_scale[None]}
+        q_global = {
+            "loc": self.params.global_loc[None],
+            "log_scale": self.params.global_log_scale[None],
+        }
         result = {}
         for site in layout.globals:
             piece = slice(site.offset, site.offset + site.size)
@@ -197,7 +200,9 @@ class Fit:
             piece = slice(site.offset, site.offset + site.size)
 
             def arrange(a: jax.Array, s: SiteLayout = site) -> jax.Array:
-                return jnp.moveaxis(a.reshape((a.shape[0], *s.unconstrained_shape)), 0, s.plate_axis)
+                return jnp.moveaxis(
+                    a.reshape((a.shape[0], *s.unconstrained_shape)), 0, s.plate_axis
+                )
 
             base = self.family.factor.marginal(lam, piece, arrange)
             result[site.name] = self._site_distribution(site, base)
@@ -251,7 +256,9 @@ class Fit:
         block = elbo_block(layout.num_data, layout.local_dim)
         key = jax.random.PRNGKey(seed)
         draws = [
-            np.asarray(_full_data_draws(jax.random.fold_in(key, i), self.params, self.problem, block))
+            np.asarray(
+                _full_data_draws(jax.random.fold_in(key, i), self.params, self.problem, block)
+            )
             for i in range(math.ceil(num_particles / block))
         ]
         return np.concatenate(draws)[:num_particles]
@@ -284,5 +291,3 @@ def _check_same_sites(trained: TracedModel, new: TracedModel) -> None:
             f"training ({signature(new)} vs {signature(trained)}). Pass new data of the same "
             "kind (same per-datum shapes)."
         )
-
-

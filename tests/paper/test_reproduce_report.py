@@ -32,9 +32,7 @@ def test_report_has_a_row_per_family_with_finding_and_agreement(
 
 def test_report_shows_the_experiments_own_columns(tiny_run: Callable[[str], Path]):
     out = tiny_run("linear")
-    section = next(
-        s for s in (out / "REPORT.md").read_text().split("\n## ") if "(linear/" in s
-    )
+    section = next(s for s in (out / "REPORT.md").read_text().split("\n## ") if "(linear/" in s)
     header = next(line for line in section.splitlines() if line.startswith("| family |"))
     for _, heading in registry.entry("linear").report_columns:
         assert f"| {heading} |" in header

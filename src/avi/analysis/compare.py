@@ -41,10 +41,10 @@ from avi.analysis.per_datum import per_datum_elbo_draws
 from avi.analysis.refine import refine, split_options
 from avi.errors import AviError, FamilyError
 from avi.families import Factorized, Family, as_family
-from avi.result import Estimate, Fit
-from avi.vi import History
 from avi.fit import fit as fit_model
 from avi.model import Model
+from avi.result import Estimate, Fit
+from avi.vi import History
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -275,7 +275,9 @@ class Comparison:
 
     def plot_elbo(self) -> Figure:
         """ELBO against wall time (compilation excluded) for every family and seed."""
-        from avi.analysis import comparison_plots  # matplotlib only when plotting: keeps `import avi` light
+        from avi.analysis import (
+            comparison_plots,  # matplotlib only when plotting: keeps `import avi` light
+        )
 
         def compile_free(fit: Fit) -> History:
             return fit.history._replace(wall_time=fit.history.wall_time - compilation_time(fit))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avi.analysis.per_datum import check_count, draw_groups, on_data, per_datum_elbo_draws
+from avi.errors import FamilyError
 from avi.result import Estimate, Fit
 from avi.vi.elbo import elbo_draws
 from avi.vi.problem import Problem, VariationalParams

@@ -17,9 +17,9 @@ import equinox as eqx
 import pandas as pd
 
 from avi.analysis.compare import Comparison, compare
-from avi.families.encoders import EncoderSpec
 from avi.errors import FamilyError
 from avi.families import Amortized, Factorized, Window
+from avi.families.encoders import EncoderSpec
 from avi.model import Model
 
 REFERENCE = "F-VI"

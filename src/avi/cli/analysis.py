@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from avi.cli.arguments import positive_int as _positive_int
 from avi.analysis.compare import Comparison, compare
-from avi.families.encoders import MLP, Polynomial
+from avi.cli.arguments import positive_int as _positive_int
 from avi.errors import AviError
 from avi.families import Amortized, Constant, Factorized, Family, Window
+from avi.families.encoders import MLP, Polynomial
 from avi.structure import check
 
 DEFAULT_FAMILIES = "factorized,constant,amortized"

@@ -73,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", dest="progress", action="store_false")
     demo.set_defaults(handler=_demo)
     from avi.paper.reproduce import add_reproduce_command
+
     add_reproduce_command(commands)
-    from avi.paper.bench.runner import add_bench_command
     from avi.cli.analysis import add_analysis_commands
+    from avi.paper.bench.runner import add_bench_command
 
     add_bench_command(commands)
     add_analysis_commands(commands)

@@ -15,10 +15,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from avi.errors import ModelError
 from avi.data.rows import check_minibatchable, per_datum_features
-from avi.model import Model, TracedModel, trace_model, validate_arguments
 from avi.data.stream import TRACE_ROWS, BatchSource, check_streamable, prefix, streamed_length
+from avi.errors import ModelError
+from avi.model import Model, TracedModel, trace_model, validate_arguments
 
 AUTO_FULL_BATCH_LIMIT = 8192
 """Up to this many data, the default is full-batch optimisation."""
@@ -81,7 +81,7 @@ class Prepared:
 
 
 def _device_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]):
-    as_device = lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a  # noqa: E731
+    as_device = lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a
     return tuple(as_device(a) for a in args), {k: as_device(a) for k, a in kwargs.items()}
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from avi.data.batch import StreamedRows
 from avi.errors import ModelError
 from avi.model import ModelLayout, TracedModel
-from avi.data.batch import StreamedRows
 
 TRACE_ROWS = 1024
 """Rows of the memory-mapped data on which the model is traced."""

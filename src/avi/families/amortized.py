@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import equinox as eqx
@@ -35,9 +35,9 @@ class Amortized:
         factor: the factor every datum gets.
     """
 
-    encoder: Any = MLP(width=32)
+    encoder: Any = field(default_factory=lambda: MLP(width=32))
     inputs: Window | None = None
-    factor: Factor = Diagonal()
+    factor: Factor = field(default_factory=Diagonal)
     name = "amortized"
     infers_new_data = True
     table_keys = ()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -29,7 +29,7 @@ def _rows(start: dict[str, jax.Array], rows: int) -> dict[str, jax.Array]:
 class Factorized:
     """F-VI: one free factor per datum (2 N D_l parameters for the diagonal Gaussian)."""
 
-    factor: Factor = Diagonal()
+    factor: Factor = field(default_factory=Diagonal)
     name = "factorized"
     infers_new_data = False
 
@@ -61,7 +61,7 @@ class Factorized:
 class Constant:
     """One factor q-bar shared by every datum (the paper's poorest family)."""
 
-    factor: Factor = Diagonal()
+    factor: Factor = field(default_factory=Diagonal)
     name = "constant"
     infers_new_data = True
     table_keys = ()

@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import optax
 
 from avi.data.batch import Batch, StreamedRows, draw_batch
-from avi.vi.elbo import elbo_draws
-from avi.vi.problem import Problem, VariationalParams
 from avi.families import LocalData
+from avi.vi.elbo import elbo_draws
 from avi.vi.initialize import initial_global_log_scale
+from avi.vi.problem import Problem, VariationalParams
 from avi.vi.state import Info, OptState, State
 from avi.vi.stop import PlateauRule
 
@@ -221,16 +221,20 @@ class Algorithm(eqx.Module):
             return -jnp.mean(draws)
 
         value, (dense_grads, row_grads) = jax.value_and_grad(loss, argnums=(0, 1))(trainable, rows)
-        scale = lambda tree: jax.tree_util.tree_map(lambda u: state.stop.scale * u, tree)  # noqa: E731
+        scale = lambda tree: jax.tree_util.tree_map(lambda u: state.stop.scale * u, tree)
         dense_updates, dense_state = self.optimizer.update(
             dense_grads, state.opt_state.dense, trainable
         )
         row_updates, new_row_state = self.optimizer.update(row_grads, row_state, rows)
         finite = jnp.isfinite(value) & _all_finite((dense_grads, row_grads))
-        new_trainable = _where(finite, optax.apply_updates(trainable, scale(dense_updates)), trainable)
+        new_trainable = _where(
+            finite, optax.apply_updates(trainable, scale(dense_updates)), trainable
+        )
         dense_state = _where(finite, dense_state, state.opt_state.dense)
         new_rows, new_row_state = _where(
-            finite, (optax.apply_updates(rows, scale(row_updates)), new_row_state), (rows, row_state)
+            finite,
+            (optax.apply_updates(rows, scale(row_updates)), new_row_state),
+            (rows, row_state),
         )
         if index is not None:
             new_rows = _scatter_rows(tables, new_rows, index, num_data)

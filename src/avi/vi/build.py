@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from avi.data.prepare import prepare_in_memory
+from avi.data.shard import data_mesh, shard_rows
 from avi.errors import AviError
 from avi.families import as_family
 from avi.model import Model
-from avi.data.shard import data_mesh, shard_rows
-from avi.data.prepare import prepare_in_memory
-from avi.vi.problem import Problem, problem_for
 from avi.vi.algorithm import DEFAULT_LEARNING_RATE, Algorithm, Settings, default_optimizer
+from avi.vi.problem import Problem, problem_for
 
 
 def algorithm_for(

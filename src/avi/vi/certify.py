@@ -326,9 +326,7 @@ def certify(
                 pending = []
         if shared_keys:
             new = jnp.asarray(np.stack(vectors["encoder"][len(solved) :]))
-            solved.extend(
-                np.asarray(gauss_newton_solve(params, problem, shared_keys, new))
-            )
+            solved.extend(np.asarray(gauss_newton_solve(params, problem, shared_keys, new)))
         evidence = []
         for name, rows in vectors.items():
             if not rows:

@@ -15,13 +15,12 @@ Hutchinson estimate with 16 Rademacher probes beyond.
 
 from __future__ import annotations
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from avi.vi.problem import Problem
 from avi.model import log_joint
+from avi.vi.problem import Problem
 
 MAX_SCALE = 0.1
 """The largest initial sd, NumPyro AutoNormal's init_scale."""
@@ -72,5 +71,3 @@ def initial_global_log_scale(key: jax.Array, problem: Problem, z: jax.Array) -> 
     usable = jnp.isfinite(h) & (h > 1.0 / MAX_SCALE**2)
     scale = jnp.where(usable, 1.0 / jnp.sqrt(jnp.where(usable, h, 1.0)), MAX_SCALE)
     return jnp.log(jnp.clip(scale, MIN_SCALE, MAX_SCALE)).astype(jnp.float32)
-
-

@@ -41,6 +41,4 @@ def problem_for(prepared: Prepared, family: Family) -> Problem:
     """The problem of prepared data under a family (its per-datum inputs from the features)."""
     traced = prepared.traced
     local_data = family.prepare(prepared.features)
-    return Problem(
-        traced.model, traced.layout, family, prepared.args, prepared.kwargs, local_data
-    )
+    return Problem(traced.model, traced.layout, family, prepared.args, prepared.kwargs, local_data)

@@ -21,12 +21,12 @@ import numpy as np
 from tqdm import tqdm
 
 from avi.data.batch import Batch, StreamedRows
-from avi.vi.elbo import elbo_draws
-from avi.vi.problem import Problem, VariationalParams
-from avi.errors import DivergenceError
 from avi.data.stream import BatchSource
+from avi.errors import DivergenceError
 from avi.vi.algorithm import Algorithm, restrict, step_keys
 from avi.vi.certify import Certificate, apply_natural_step
+from avi.vi.elbo import elbo_draws
+from avi.vi.problem import Problem, VariationalParams
 from avi.vi.state import Info, State
 from avi.vi.stop import PlateauRule
 
@@ -132,7 +132,9 @@ def _evaluation_target(
     """The problem and rows on which every check evaluates the ELBO."""
     problem = algorithm.problem
     if source is None:
-        return problem, evaluation_index(key, problem.layout.num_data, algorithm.settings.batch_size)
+        return problem, evaluation_index(
+            key, problem.layout.num_data, algorithm.settings.batch_size
+        )
     subset = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
     rows = subset.integers(0, problem.layout.num_data, 16 * source.batch_size)
     return restrict(problem, source.rows(rows)), None
@@ -241,7 +243,12 @@ def run(
                 if stop:
                     reason = "callback"
                     break
-    if rule is not None and certifier is not None and reason != "converged" and certified_at != done:
+    if (
+        rule is not None
+        and certifier is not None
+        and reason != "converged"
+        and certified_at != done
+    ):
         certificate = certifier(state.params, attempts)
     wall_time = time.perf_counter() - start - paused
     history = History(np.asarray(steps), np.asarray(elbos), np.asarray(times))

@@ -233,9 +233,11 @@ def write_report(results: dict, out: Path) -> None:
         "",
         "## Linear model: time to within 1e-4 nats per datum of the closed-form optimum",
         "",
-        ("Optimisation seconds of a warm call (compiled program reused), medians over "
-        f"{results['repeats']} seed(s) at the smallest N and one seed above it; the gap of each checkpoint (every 100 steps) is computed "
-        "exactly from the variational parameters, outside the timed region."),
+        (
+            "Optimisation seconds of a warm call (compiled program reused), medians over "
+            f"{results['repeats']} seed(s) at the smallest N and one seed above it; the gap of each checkpoint (every 100 steps) is computed "
+            "exactly from the variational parameters, outside the timed region."
+        ),
         "",
         *_linear_table(results["linear"], results["budget"]),
         "",
@@ -244,8 +246,10 @@ def write_report(results: dict, out: Path) -> None:
         *_targets(results),
         "## Nonlinear model (N = 10,000): time to F-VI's converged ELBO",
         "",
-        ("The paper's 1% criterion and the strict one (within 1e-4 nats per datum); the reference "
-        "and every checkpoint are estimated with the same 64 draws (see avi/paper/bench/nonlinear.py)."),
+        (
+            "The paper's 1% criterion and the strict one (within 1e-4 nats per datum); the reference "
+            "and every checkpoint are estimated with the same 64 draws (see avi/paper/bench/nonlinear.py)."
+        ),
         "",
         "| method | criterion | median s | min s | max s | reached | median steps |",
         "|---|---|---|---|---|---|---|",
@@ -261,13 +265,19 @@ def write_report(results: dict, out: Path) -> None:
     ]
     t = results["throughput"]
     lines += [
-        (f"- compiled encoder pass over {t['num_new']:,} new data: "
-        f"{t['encoder_pass_per_second'] / 1e6:.1f} million posteriors/s "
-        f"(min {t['encoder_pass_seconds_min']:.3f} s, max {t['encoder_pass_seconds_max']:.3f} s);"),
-        (f"- `fit.local_factors(x_new)` end to end (trace, features, pass): "
-        f"{t['end_to_end_per_second'] / 1e6:.2f} million posteriors/s;"),
-        (f"- re-fitting F-VI to the new data (defaults): {t['refit_fvi_per_second']:,.0f} "
-        f"posteriors/s ({t['refit_fvi_seconds']:.1f} s, {t['refit_fvi_steps']} steps)."),
+        (
+            f"- compiled encoder pass over {t['num_new']:,} new data: "
+            f"{t['encoder_pass_per_second'] / 1e6:.1f} million posteriors/s "
+            f"(min {t['encoder_pass_seconds_min']:.3f} s, max {t['encoder_pass_seconds_max']:.3f} s);"
+        ),
+        (
+            f"- `fit.local_factors(x_new)` end to end (trace, features, pass): "
+            f"{t['end_to_end_per_second'] / 1e6:.2f} million posteriors/s;"
+        ),
+        (
+            f"- re-fitting F-VI to the new data (defaults): {t['refit_fvi_per_second']:,.0f} "
+            f"posteriors/s ({t['refit_fvi_seconds']:.1f} s, {t['refit_fvi_steps']} steps)."
+        ),
         "",
         "## Memory against N (200 steps, fresh process per fit; see avi/paper/bench/memory.py)",
         "",

@@ -55,8 +55,13 @@ def model(x: jnp.ndarray, tau: float = TAU, sigma: float = SIGMA) -> None:
         numpyro.sample("x", dist.Normal(theta + tau * z, sigma), obs=x)
 
 
-def simulate(num_data: int = NUM_DATA, seed: int = 0, theta: float = 0.0,
-             tau: float = TAU, sigma: float = SIGMA) -> np.ndarray:
+def simulate(
+    num_data: int = NUM_DATA,
+    seed: int = 0,
+    theta: float = 0.0,
+    tau: float = TAU,
+    sigma: float = SIGMA,
+) -> np.ndarray:
     """Draw x_1..x_N from the model with the given theta."""
     rng = np.random.default_rng(seed)
     z = rng.standard_normal(num_data)
@@ -78,7 +83,9 @@ class Optimum(NamedTuple):
     elbo: float
 
 
-def elbo(x: np.ndarray, theta: Gaussian, z: Gaussian, tau: float = TAU, sigma: float = SIGMA) -> float:
+def elbo(
+    x: np.ndarray, theta: Gaussian, z: Gaussian, tau: float = TAU, sigma: float = SIGMA
+) -> float:
     """Exact ELBO of q(theta) q(z) (diagonal Gaussians) under the linear model.
 
     E_q log N(x_n | theta + tau z_n, sigma^2) = log N(x_n | m + tau mu_n, sigma^2)
@@ -94,7 +101,9 @@ def elbo(x: np.ndarray, theta: Gaussian, z: Gaussian, tau: float = TAU, sigma: f
         sigma * math.sqrt(2 * math.pi)
     )
     log_prior = -0.5 * np.sum(mu**2 + v + math.log(2 * math.pi))
-    entropy = 0.5 * np.sum(np.log(2 * math.pi * math.e * v)) + 0.5 * math.log(2 * math.pi * math.e * vt)
+    entropy = 0.5 * np.sum(np.log(2 * math.pi * math.e * v)) + 0.5 * math.log(
+        2 * math.pi * math.e * vt
+    )
     return float(log_lik + log_prior + entropy)
 
 
@@ -103,7 +112,9 @@ def factorized_optimum(x: np.ndarray, tau: float = TAU, sigma: float = SIGMA) ->
     x = np.asarray(x, dtype=np.float64)
     xbar = x.mean()
     theta = Gaussian(np.asarray(xbar), np.asarray(sigma**2 / x.size))
-    z = Gaussian(tau / (sigma**2 + tau**2) * (x - xbar), np.full(x.shape, 1 / (1 + tau**2 / sigma**2)))
+    z = Gaussian(
+        tau / (sigma**2 + tau**2) * (x - xbar), np.full(x.shape, 1 / (1 + tau**2 / sigma**2))
+    )
     return Optimum(theta, z, elbo(x, theta, z, tau, sigma))
 
 

@@ -39,9 +39,7 @@ def _criteria(own: pd.DataFrame) -> dict[str, float | int]:
     row: dict[str, float | int] = {}
     for criterion in ("1pct", "strict"):
         for quantity in ("steps", "time"):
-            row[f"median_{quantity}_{criterion}"] = float(
-                np.median(own[f"{quantity}_{criterion}"])
-            )
+            row[f"median_{quantity}_{criterion}"] = float(np.median(own[f"{quantity}_{criterion}"]))
         row[f"reached_{criterion}"] = int(np.isfinite(own[f"steps_{criterion}"]).sum())
     row["strict_threshold"] = float(own["strict_threshold"].median())
     return row
