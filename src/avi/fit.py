@@ -31,7 +31,7 @@ from avi.vi import PlateauRule, fit_keys, run
 from avi.vi.algorithm import restrict
 from avi.vi.build import algorithm_for
 from avi.vi.certify import Certificate, certify
-from avi.vi.problem import Problem, VariationalParams, problem_for
+from avi.vi.problem import Problem, VariationalParams
 from avi.vi.runner import Callback, Certifier
 
 __all__ = ["fit"]
@@ -189,12 +189,7 @@ def fit(
     layout = prepared.traced.layout
     _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles)
     algorithm = algorithm_for(
-        problem_for(prepared, family),
-        prepared.batch_size,
-        optimizer,
-        learning_rate,
-        num_particles,
-        sticking_the_landing,
+        prepared, family, optimizer, learning_rate, num_particles, sticking_the_landing
     )
     init_key, run_key, check_key = fit_keys(seed)
     params = None if init is None else _checked_init(init, algorithm.initial_params(init_key))

@@ -9,24 +9,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from avi.data.prepare import prepare_in_memory
+from avi.data.prepare import Prepared, prepare_in_memory
 from avi.data.shard import data_mesh, shard_rows
 from avi.errors import AviError
-from avi.families import as_family
+from avi.families import Family, as_family
 from avi.model import Model
 from avi.vi.algorithm import DEFAULT_LEARNING_RATE, Algorithm, Settings, default_optimizer
-from avi.vi.problem import Problem, problem_for
+from avi.vi.problem import problem_for
 
 
 def algorithm_for(
-    problem: Problem,
-    batch_size: int | None,
+    prepared: Prepared,
+    family: Family,
     optimizer: optax.GradientTransformation | None,
     learning_rate: float | None,
     num_particles: int,
     sticking_the_landing: bool,
 ) -> Algorithm:
-    """The algorithm of a problem (shared by :func:`build` and :func:`avi.fit`).
+    """The algorithm of prepared data under a family (shared by :func:`build` and :func:`avi.fit`).
 
     Raises:
         AviError: both ``optimizer`` and ``learning_rate``, or a bad learning rate.
@@ -51,9 +51,9 @@ def algorithm_for(
             DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate, jnp.float32
         )
     return Algorithm(
-        problem=problem,
+        problem=problem_for(prepared, family),
         optimizer=optimizer if optimizer is not None else default_optimizer(),
-        settings=Settings(batch_size, int(num_particles), bool(sticking_the_landing)),
+        settings=Settings(prepared.batch_size, int(num_particles), bool(sticking_the_landing)),
         learning_rate=rate,
     )
 
@@ -91,12 +91,7 @@ def build(
     family = as_family(family)
     prepared = prepare_in_memory(model, args, kwargs, plate, bool(family.table_keys), batch_size)
     algorithm = algorithm_for(
-        problem_for(prepared, family),
-        prepared.batch_size,
-        optimizer,
-        learning_rate,
-        num_particles,
-        sticking_the_landing,
+        prepared, family, optimizer, learning_rate, num_particles, sticking_the_landing
     )
     num_data = prepared.traced.layout.num_data
     mesh = data_mesh(devices, num_data)
