@@ -124,7 +124,6 @@ def test_global_summaries_are_a_global_influence(how, size):
         avi.structure.refuse_minibatches(summarised, (data(size), data(size), how), {})
 
 
-@pytest.mark.xfail(reason="a summary mixed into a window's columns is not yet separated", strict=False)
 def test_a_summary_and_a_lag_give_the_lag():
     def both(x):
         prev = jnp.pad(x, (3, 0))[: x.shape[0]]
@@ -135,6 +134,23 @@ def test_a_summary_and_a_lag_give_the_lag():
     report = avi.check(both, data(200))
     assert_report(report, "expanded-domain", (-3, 0))
     assert report.summaries
+
+
+def lag_and_summary(x, lag, how):
+    prev = jnp.pad(x, (lag, 0))[: x.shape[0]]
+    with numpyro.plate("data", x.shape[0]):
+        z = numpyro.sample("z", dist.Normal(prev + SUMMARIES[how](x), 1))
+        numpyro.sample("x", dist.Normal(z, 1), obs=x)
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(1, 60), st.sampled_from(sorted(SUMMARIES)), st.integers(200, 500))
+def test_random_lags_with_random_summaries(lag, how, size):
+    """x_{n-lag} plus a summary of all data: the summary is a global influence, so the lag's
+    window remains (the summary listed)."""
+    report = avi.check(lag_and_summary, data(size), lag, how)
+    assert_report(report, "expanded-domain", (-lag, 0))
+    assert report.summaries == ("argument 'x'",)
 
 
 def test_a_kernel_smoother_of_the_data_is_not_a_summary():
@@ -216,3 +232,36 @@ def test_check_after_mcmc_on_float64_data():
     mcmc = MCMC(NUTS(simple), num_warmup=10, num_samples=10, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0), x)
     assert_report(avi.check(simple, x), "simple-hierarchical", (0,))
+
+
+def test_default_fit_restores_the_state_and_runs_after_mcmc_on_float64_data():
+    """avi.fit's default family runs avi.check first: JAX's x64 mode and NumPyro's validation
+    flag come back as they were, and NumPyro's MCMC on float64 data before does not matter."""
+    from numpyro.infer import MCMC, NUTS
+
+    def simple(x):
+        mu = numpyro.sample("mu", dist.Normal(0, 1))
+        with numpyro.plate("data", x.shape[0]):
+            z = numpyro.sample("z", dist.Normal(mu, 1))
+            numpyro.sample("x", dist.Normal(z, 1), obs=x)
+
+    x = RNG.normal(size=16)  # float64 NumPy data
+    mcmc = MCMC(NUTS(simple), num_warmup=10, num_samples=10, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), x)
+    x64 = jax.config.jax_enable_x64
+    validation = validation_flag()
+    try:
+        for flag in (False, True):
+            numpyro.enable_validation(flag)
+            fit = avi.fit(simple, x, num_steps=5, progress=False, chunk_size=5)
+            assert fit.stop_reason == "num_steps" and np.all(np.isfinite(fit.history.elbo))
+            assert jax.config.jax_enable_x64 == x64
+            assert validation_flag() is flag
+    finally:
+        numpyro.enable_validation(validation)
+
+
+def validation_flag() -> bool:
+    from numpyro.distributions import distribution
+
+    return distribution._VALIDATION_ENABLED

@@ -1,4 +1,4 @@
-"""The pure pair init/step, the runner, the stop rule's state, and compilation reuse."""
+"""The pure pair init/step (avi.vi.build), resuming a run, and compilation reuse."""
 
 from __future__ import annotations
 
@@ -131,33 +131,6 @@ def test_learning_rate_is_used():
     fast = avi.fit(linear.model, x, family="constant", learning_rate=1e-1, num_steps=10,
                    progress=False)
     assert abs(float(slow.params.global_loc[0])) < 1e-4 < abs(float(fast.params.global_loc[0]))
-
-
-# ------------------------------------------------------------------------------ stop rule
-
-
-def test_plateau_rule_anneals_after_patience_and_converges_at_the_last_stage():
-    rule = avi.vi.PlateauRule(tol=1e-3, stages=2, anneal_factor=0.5, patience=2)
-    state = rule.initial_state()
-    assert float(state.scale) == 1.0
-    for value in [-100.0, -50.0, -49.99, -49.99]:  # two checks without a 0.1% improvement
-        state = rule.update(state, value)
-    assert int(state.stage) == 1 and float(state.scale) == 0.5 and not bool(state.converged)
-    assert float(state.best) == -50.0
-    state = rule.update(state, float("nan"))  # non-finite checks change nothing
-    assert int(state.since_best) == 0
-    state = rule.update(state, -49.98)
-    assert not bool(state.converged)
-    state = rule.update(state, -49.98)
-    assert bool(state.converged) and int(state.stage) == 1
-
-
-def test_plateau_rule_without_annealing_converges_at_the_first_plateau():
-    rule = avi.vi.PlateauRule(tol=1e-3, stages=1, patience=1)
-    state = rule.update(rule.initial_state(), -10.0)
-    assert not bool(state.converged)
-    state = rule.update(state, -10.0)
-    assert bool(state.converged) and float(state.scale) == 1.0
 
 
 # ---------------------------------------------------------------------------- compilation

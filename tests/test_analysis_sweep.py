@@ -2,7 +2,7 @@
 
 Prop. 3.6: the F-VI optimum's means are linear in x_n with a constant variance, so degree 0
 (the constant family) leaves the closed-form gap linear.constant_gap and degrees >= 1 close it.
-Same data as tests/test_compare.py (N = 2,000), so the compiled programs are shared.
+Same data as tests/test_analysis_compare.py (N = 2,000), so the compiled programs are shared.
 """
 
 from __future__ import annotations

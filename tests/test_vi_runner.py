@@ -1,0 +1,75 @@
+"""The runner (avi.vi.runner): the callback, annealing through fit, and reasons for stopping."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import avi
+from avi.paper.experiments import linear
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return linear.simulate(100, seed=5)
+
+
+def test_the_callback_sees_every_chunk_and_a_true_return_stops_the_fit(x):
+    calls = []
+
+    def callback(step, params, problem):
+        calls.append((step, params, problem.layout.num_data))
+        return step >= 300
+
+    fit = avi.fit(
+        linear.model,
+        x,
+        family="constant",
+        num_steps=1000,
+        chunk_size=100,
+        callback=callback,
+        progress=False,
+    )
+    assert [c[0] for c in calls] == [100, 200, 300]
+    assert all(n == 100 for _, _, n in calls)
+    assert fit.stop_reason == "callback" and fit.num_steps == 300
+    # the parameters handed over are those of the step the callback is told: the fit's last
+    np.testing.assert_array_equal(calls[-1][1].global_loc, fit.params.global_loc)
+
+
+def test_callback_time_is_excluded_from_the_wall_time(x):
+    pause = 0.4
+
+    def slow(step, params, problem):
+        time.sleep(pause)
+        return False
+
+    start = time.perf_counter()
+    fit = avi.fit(
+        linear.model,
+        x,
+        family="constant",
+        num_steps=300,
+        chunk_size=100,
+        callback=slow,
+        progress=False,
+    )
+    elapsed = time.perf_counter() - start
+    assert fit.wall_time <= elapsed - 3 * pause + 0.05
+    assert fit.history.wall_time[-1] <= fit.wall_time + 1e-9
+
+
+def test_annealing_stages_are_on_by_default_and_off_on_request(x):
+    annealed = avi.fit(linear.model, x, family="constant", progress=False)
+    plain = avi.fit(linear.model, x, family="constant", anneal=False, progress=False)
+    assert annealed.stop_reason == plain.stop_reason == "converged"
+    assert int(annealed.state.stop.stage) == 2  # the third of three stages
+    assert int(plain.state.stop.stage) == 0 and float(plain.state.stop.scale) == 1.0
+    assert annealed.num_steps > plain.num_steps
+
+
+def test_a_fixed_step_count_says_so(x):
+    fit = avi.fit(linear.model, x, family="constant", num_steps=250, progress=False)
+    assert fit.stop_reason == "num_steps" and fit.num_steps == 250
