@@ -15,6 +15,7 @@ from avi.analysis.refine import refine
 from avi.analysis.sweep import Sweep, sweep
 from avi.errors import (
     AviError,
+    CallbackError,
     ConvergenceWarning,
     DataError,
     DivergenceError,
@@ -33,6 +34,7 @@ __all__ = [
     "AmortizationWarning",
     "Amortized",
     "AviError",
+    "CallbackError",
     "Comparison",
     "Constant",
     "ConvergenceWarning",

@@ -23,5 +23,11 @@ class DivergenceError(AviError):
     """The optimisation produced non-finite ELBOs or gradients and cannot go on."""
 
 
+class CallbackError(AviError):
+    """The user's callback raised during a fit; ``fit`` holds the fit up to that step."""
+
+    fit: object | None = None
+
+
 class ConvergenceWarning(UserWarning):
     """A fit stopped without a convergence certificate: some block could still gain nats."""

@@ -19,12 +19,23 @@ import numpy as np
 import optax
 
 from avi.amortization_warning import warn_if_not_amortizable
+from avi.data.boundary import convert_arguments
 from avi.data.prepare import Prepared, prepare_in_memory, prepare_streamed
 from avi.data.shard import data_mesh, shard_rows
 from avi.data.stream import BatchSource, is_streamed
 from avi.errors import AviError, ConvergenceWarning, FamilyError, ModelError
 from avi.families import Family, as_family
 from avi.model import Model
+from avi.options import (
+    GuardedCallback,
+    check_bool,
+    check_callback,
+    check_devices,
+    check_seed,
+    check_steps,
+    check_tol,
+    positive_int,
+)
 from avi.result import Fit
 from avi.structure import StructureReport, check, minibatch_refusal
 from avi.vi import PlateauRule, fit_keys, run
@@ -35,6 +46,13 @@ from avi.vi.problem import Problem, VariationalParams
 from avi.vi.runner import Callback, Certifier
 
 __all__ = ["fit"]
+
+
+DEFAULT_MAX_STEPS = 20_000
+"""Cap on the steps of the stop rule when ``max_steps`` is not given."""
+
+DEFAULT_TOL = 1e-4
+"""The stop rule's threshold when ``tol`` is not given."""
 
 
 def check_streamable(family: Family) -> None:
@@ -60,10 +78,6 @@ def _check_options(
     batch_size: int | None,
     num_particles: int,
 ) -> None:
-    def positive_int(name: str, value: Any) -> None:
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise AviError(f"{name}={value!r}: give a positive integer.")
-
     if num_steps is not None:
         positive_int("num_steps", num_steps)
     positive_int("max_steps", max_steps)
@@ -75,8 +89,7 @@ def _check_options(
                 f"batch_size={batch_size} exceeds the number of data N={num_data}; "
                 "leave it None for full-batch optimisation."
             )
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise AviError(f"tol={tol!r}: give a positive number.")
+    check_tol(tol)
 
 
 def _checked_init(init: Any, params: VariationalParams) -> VariationalParams:
@@ -111,8 +124,8 @@ def fit(
     family: Any = "amortized",
     seed: int = 0,
     num_steps: int | None = None,
-    max_steps: int = 20_000,
-    tol: float = 1e-4,
+    max_steps: int | None = None,
+    tol: float | None = None,
     batch_size: int | None = None,
     num_particles: int = 1,
     sticking_the_landing: bool = True,
@@ -145,8 +158,10 @@ def fit(
             streamed data, which the check would read whole).
         seed: seed of initialisation, minibatches and Monte Carlo draws.
         num_steps: run exactly this many steps (the stop rule is off).
-        max_steps: cap on the number of steps when the stop rule decides.
-        tol: the stop rule's relative-change threshold (see :class:`avi.vi.PlateauRule`).
+        max_steps: cap on the number of steps when the stop rule decides (default 20,000; not
+            with ``num_steps``, which turns the stop rule off).
+        tol: the stop rule's relative-change threshold (see :class:`avi.vi.PlateauRule`;
+            default 1e-4; not with ``num_steps``).
         batch_size: data per step; None chooses (see :func:`avi.data.prepare.resolve_batch_size`): the full
             batch for F-VI or N <= 8192, else 1024.
         num_particles: Monte Carlo draws per step.
@@ -171,13 +186,24 @@ def fit(
     Returns:
         The :class:`Fit`.
     """
+    seed = check_seed(seed)
+    check_steps(num_steps, max_steps, tol, anneal)
+    max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
+    tol = DEFAULT_TOL if tol is None else tol
+    progress = check_bool("progress", progress)
+    sticking_the_landing = check_bool("sticking_the_landing", sticking_the_landing)
+    if anneal is not None:
+        anneal = check_bool("anneal", anneal)
+    devices = check_devices(devices)
+    check_callback(callback)
+    guard = None if callback is None else GuardedCallback(callback)
+    args, kwargs = convert_arguments(args, kwargs)
     default_amortized = isinstance(family, str) and family.lower() == "amortized"
     report = None
     if default_amortized and not is_streamed(args, kwargs):
         report = warn_if_not_amortizable(model, args, kwargs, plate, family=as_family(family))
     family = as_family(family)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise AviError(f"chunk_size={chunk_size!r}: give a positive integer.")
+    chunk_size = positive_int("chunk_size", chunk_size)
     if is_streamed(args, kwargs):
         check_streamable(family)
         prepared = prepare_streamed(model, args, kwargs, plate, batch_size, chunk_size, seed)
@@ -218,7 +244,7 @@ def fit(
         certifier=certifier,
         source=prepared.source,
         progress=progress,
-        callback=callback,
+        callback=guard,
     )
     fitted = Fit(
         traced=prepared.traced,
@@ -235,6 +261,8 @@ def fit(
         certifier=certifier,
         known_certificate=result.certificate,
     )
+    if guard is not None:
+        guard.raise_if_failed(fitted)
     if result.reason == "max_steps":
         _warn_unconverged(fitted)
     return fitted

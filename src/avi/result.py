@@ -14,11 +14,13 @@ import numpy as np
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
+from avi.data.boundary import convert_arguments
 from avi.data.prepare import FeatureScaling
 from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
 from avi.families import Family, count_parameters
 from avi.model import SiteLayout, TracedModel, trace_model
+from avi.options import check_seed, positive_int
 from avi.vi import History, State
 from avi.vi.certify import Certificate
 from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws
@@ -148,6 +150,7 @@ class Fit:
                 "posterior of new data. Fit avi.Amortized(encoder) (one encoder pass per new "
                 "datum), or fit the new data with avi.fit."
             )
+        args, kwargs = convert_arguments(args, kwargs)
         traced = trace_model(self.traced.model, args, kwargs, plate=self.traced.layout.plate)
         _check_same_sites(self.traced, traced)
         features = self.scaling.apply(per_datum_features(traced, args, kwargs))
@@ -230,6 +233,8 @@ class Fit:
         Returns:
             site name -> array of shape (num_samples, *site shape).
         """
+        num_samples = positive_int("num_samples", num_samples)
+        seed = check_seed(seed)
         posterior = self.posterior(*args, **kwargs)
         keys = jax.random.split(jax.random.PRNGKey(seed), len(posterior))
         return {
@@ -243,7 +248,7 @@ class Fit:
         Returns:
             Estimate(mean, stderr), stderr = sd of the per-draw estimates / sqrt(draws).
         """
-        if not isinstance(num_particles, int) or num_particles < 2:
+        if positive_int("num_particles", num_particles) < 2:
             raise AviError(f"num_particles={num_particles!r}: give an integer >= 2.")
         draws = self.elbo_draws(num_particles, seed)
         return Estimate(float(np.mean(draws)), float(np.std(draws, ddof=1) / math.sqrt(draws.size)))
@@ -254,7 +259,8 @@ class Fit:
         self._check_in_memory("full-data ELBO draws")
         layout = self.traced.layout
         block = elbo_block(layout.num_data, layout.local_dim)
-        key = jax.random.PRNGKey(seed)
+        key = jax.random.PRNGKey(check_seed(seed))
+        num_particles = positive_int("num_particles", num_particles)
         draws = [
             np.asarray(
                 _full_data_draws(jax.random.fold_in(key, i), self.params, self.problem, block)

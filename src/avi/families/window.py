@@ -20,6 +20,13 @@ class Window:
     offsets: tuple[int, ...] = (-1, 0)
 
     def __post_init__(self) -> None:
+        if isinstance(self.offsets, (int, np.integer)) or not isinstance(
+            self.offsets, (tuple, list, np.ndarray)
+        ):
+            raise FamilyError(
+                f"Window(offsets={self.offsets!r}): give a tuple of ints, the positions of the "
+                f"neighbours relative to the datum, e.g. offsets=(-1, 0) or offsets=({self.offsets!r},)."
+            )
         offsets = tuple(self.offsets)
         if not offsets or not all(isinstance(o, (int, np.integer)) for o in offsets):
             raise FamilyError(f"Window(offsets={self.offsets!r}): give a non-empty tuple of ints.")
@@ -30,6 +37,13 @@ class Window:
     def apply(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stack neighbours' features; return (windowed (N, F*W), complete (N,) mask)."""
         num_data = features.shape[0]
+        reach = max(abs(o) for o in self.offsets)
+        if reach >= num_data:
+            raise FamilyError(
+                f"Window(offsets={self.offsets}) reaches {reach} data away, but there are only "
+                f"N={num_data}: no datum would have all its neighbours, so every factor would be "
+                f"free (F-VI, not A-VI). Use offsets of size below {num_data}."
+            )
         index = np.arange(num_data)[:, None] + np.asarray(self.offsets)[None, :]
         complete = np.all((index >= 0) & (index < num_data), axis=1)
         gathered = features[np.clip(index, 0, num_data - 1)]

@@ -73,7 +73,8 @@ def _check_sites(trace: Mapping[str, Any]) -> None:
                 f"Latent site '{name}' is discrete ({type(site['fn']).__name__}): enumeration of "
                 "discrete latents is not supported. Marginalise it out of the model (sum its "
                 "values into the likelihood, e.g. with a MixtureSameFamily), or use a continuous "
-                "relaxation such as RelaxedBernoulli or a Dirichlet/Gumbel-softmax."
+                "relaxation such as RelaxedBernoulli or a Dirichlet/Gumbel-softmax. If "
+                f"'{name}' is an observation, its obs= was None: pass its data to the model."
             )
 
 
@@ -102,6 +103,12 @@ def _choose_plate(trace: Mapping[str, Any], plate: str | None) -> str:
     ]
     if not candidates:
         candidates = [n for n, sites in plate_sites.items() if any(s["is_observed"] for s in sites)]
+    if not candidates:
+        raise ModelError(
+            f"No plate holds an observed site (plates: {', '.join(map(repr, plate_sites))}): "
+            "put the observations (numpyro.sample(..., obs=data)) inside the data plate, "
+            "`with numpyro.plate('data', N):`, and check that obs= is not None."
+        )
     outer = [
         name
         for name in candidates
@@ -112,12 +119,43 @@ def _choose_plate(trace: Mapping[str, Any], plate: str | None) -> str:
         )
     ]
     if len(outer) != 1:
-        names = ", ".join(f"'{p}'" for p in (outer or list(plate_sites)))
+        names = ", ".join(f"'{p}'" for p in (outer if len(outer) > 1 else candidates))
         raise ModelError(
-            f"Cannot tell which plate is the data plate: candidates {names}. "
-            "Name it with avi.fit(..., plate='name')."
+            f"Cannot tell which plate is the data plate: candidates {names} each hold latent "
+            "and observed sites, and none contains the others. Name it with "
+            "avi.fit(..., plate='name')."
         )
     return outer[0]
+
+
+def _check_observed_shape(site: Mapping[str, Any], plate: str) -> None:
+    """An observed value must have its distribution's shape; a broadcast would silently fit
+    another likelihood (y of shape (N, 1) against a batch of N gives an N x N log density).
+
+    Raises:
+        ModelError: the value's shape broadcasts the distribution's batch and event shape to a
+            larger one.
+    """
+    fn = site["fn"]
+    expected = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    given = tuple(jnp.shape(site["value"]))
+    try:
+        joint = tuple(np.broadcast_shapes(given, expected))
+    except ValueError:
+        joint = None
+    if joint == expected:
+        return
+    squeeze = (
+        " Drop the trailing axis (y.reshape(-1) or y[:, 0]) or give the distribution that axis too."
+        if given[-1:] == (1,)
+        else ""
+    )
+    raise ModelError(
+        f"Observed site '{site['name']}' in plate '{plate}': its value has shape {given} but "
+        f"its distribution has shape {expected} (batch {tuple(fn.batch_shape)}, event "
+        f"{tuple(fn.event_shape)}), so NumPyro would broadcast the likelihood to "
+        f"{joint if joint is not None else 'an error'}: a different model.{squeeze}"
+    )
 
 
 def plate_axis(site: Mapping[str, Any], plate: str) -> int:
@@ -194,6 +232,8 @@ def trace_model(
     latent_global = [s for s in trace.values() if is_latent(s) and plate not in plate_names(s)]
     latent_local = [s for s in in_plate if is_latent(s)]
     observed = [s for s in in_plate if s["is_observed"]]
+    for site in observed:
+        _check_observed_shape(site, plate)
     layout = ModelLayout(
         plate=plate,
         num_data=int(num_data),

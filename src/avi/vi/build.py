@@ -7,13 +7,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from avi.data.boundary import convert_arguments
 from avi.data.prepare import Prepared, prepare_in_memory
 from avi.data.shard import data_mesh, shard_rows
 from avi.errors import AviError
 from avi.families import Family, as_family
 from avi.model import Model
+from avi.options import check_bool, check_devices, check_seed
 from avi.vi.algorithm import DEFAULT_LEARNING_RATE, Algorithm, Settings, default_optimizer
 from avi.vi.problem import problem_for
 
@@ -42,7 +45,10 @@ def algorithm_for(
             "give e.g. optax.adam(1e-2)."
         )
     if learning_rate is not None and not (
-        isinstance(learning_rate, (int, float)) and learning_rate > 0
+        isinstance(learning_rate, (int, float, np.integer, np.floating))
+        and not isinstance(learning_rate, bool)
+        and np.isfinite(learning_rate)
+        and learning_rate > 0
     ):
         raise AviError(f"learning_rate={learning_rate!r}: give a positive number.")
     rate = None
@@ -88,6 +94,9 @@ def build(
     Returns:
         The :class:`avi.vi.Algorithm`, its data sharded over ``devices`` when several.
     """
+    args, kwargs = convert_arguments(args, kwargs)
+    devices = check_devices(devices)
+    sticking_the_landing = check_bool("sticking_the_landing", sticking_the_landing)
     family = as_family(family)
     prepared = prepare_in_memory(model, args, kwargs, plate, bool(family.table_keys), batch_size)
     algorithm = algorithm_for(
@@ -100,5 +109,5 @@ def build(
 
 def fit_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(init key, run key, check key) of the fit with this seed, as :func:`avi.fit` splits them."""
-    init_key, run_key, check_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    init_key, run_key, check_key = jax.random.split(jax.random.PRNGKey(check_seed(seed)), 3)
     return init_key, run_key, check_key
