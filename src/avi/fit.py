@@ -26,6 +26,7 @@ from avi.data.stream import BatchSource, is_streamed
 from avi.errors import AviError, ConvergenceWarning, FamilyError, ModelError
 from avi.families import Family, as_family
 from avi.model import Model
+from avi.model.control import latent_control_flow
 from avi.options import (
     GuardedCallback,
     check_bool,
@@ -219,7 +220,8 @@ def fit(
     )
     init_key, run_key, check_key = fit_keys(seed)
     params = None if init is None else _checked_init(init, algorithm.initial_params(init_key))
-    state = algorithm.init(init_key, params)
+    with latent_control_flow():
+        state = algorithm.init(init_key, params)
     mesh = data_mesh(devices, layout.num_data)
     if mesh is not None:
         algorithm = shard_rows(algorithm, layout.num_data, mesh)
@@ -233,19 +235,20 @@ def fit(
         jax.random.fold_in(check_key, 1),
         prepared.source,
     )
-    result = run(
-        algorithm,
-        state,
-        run_key,
-        int(num_steps) if num_steps is not None else int(max_steps),
-        chunk_size=chunk_size,
-        rule=rule,
-        check_key=check_key,
-        certifier=certifier,
-        source=prepared.source,
-        progress=progress,
-        callback=guard,
-    )
+    with latent_control_flow():
+        result = run(
+            algorithm,
+            state,
+            run_key,
+            int(num_steps) if num_steps is not None else int(max_steps),
+            chunk_size=chunk_size,
+            rule=rule,
+            check_key=check_key,
+            certifier=certifier,
+            source=prepared.source,
+            progress=progress,
+            callback=guard,
+        )
     fitted = Fit(
         traced=prepared.traced,
         problem=algorithm.problem,

@@ -24,7 +24,8 @@ def test_command_line_dispatches_to_reproduce(
 ):
     calls: list[tuple[Any, ...]] = []
 
-    def fake(*args: Any) -> Path:
+    def fake(*args: Any, force: bool = False) -> Path:
+        assert force is False
         calls.append(args)
         return tmp_path / "REPORT.md"
 

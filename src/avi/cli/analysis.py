@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import re
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pandas as pd
 
 from avi.analysis.compare import Comparison, compare
 from avi.cli.arguments import positive_int as _positive_int
+from avi.data.boundary import convert_arguments
 from avi.errors import AviError
 from avi.families import Amortized, Constant, Factorized, Family, Window
 from avi.families.encoders import MLP, Polynomial
@@ -72,11 +74,22 @@ def load_data(path: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         AviError: a missing or unreadable file, or positional arguments with a hole
             (``arg0`` and ``arg2`` without ``arg1``).
     """
+    if not Path(path).is_file():
+        raise AviError(f"--data {path}: no such file.")
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a .npy file: the model's only argument
+            return (loaded,), {}
+        with loaded as stored:
             arrays = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError) as error:
-        raise AviError(f"--data {path}: cannot read it as an .npz file ({error}).") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        if "pickled" in str(error):
+            error = ValueError("it is not a numpy file (a text file or a pickle?)")
+        raise AviError(
+            f"--data {path}: cannot read it as a numpy .npz or .npy file ({type(error).__name__}: "
+            f"{error}). Write the model's arguments with numpy.savez(path, arg0=x, y=y) (or one "
+            "array with numpy.save); text files and pickles are not read."
+        ) from error
     values = {k: v.item() if v.ndim == 0 else v for k, v in arrays.items()}
     positions = {int(m.group(1)): k for k in values if (m := _POSITIONAL.fullmatch(k))}
     if sorted(positions) != list(range(len(positions))):
@@ -141,7 +154,7 @@ def parse_families(text: str, window: Window | None) -> dict[str, Family]:
 
 def _check(args: argparse.Namespace) -> int:
     model = load_model(args.model)
-    model_args, model_kwargs = load_data(args.data)
+    model_args, model_kwargs = convert_arguments(*load_data(args.data))
     report = check(model, *model_args, plate=args.plate, **model_kwargs)
     print(f"verdict: {report.verdict}")
     print(f"encoder inputs (offsets): {report.inputs}")
@@ -150,6 +163,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    figures = None if args.figures is None else Path(args.figures)
+    if figures is not None and figures.exists() and not figures.is_dir():
+        raise AviError(f"--figures {figures}: it is a file; give a folder for the figures.")
     model = load_model(args.model)
     model_args, model_kwargs = load_data(args.data)
     families = parse_families(args.families, parse_window(args.window))
@@ -175,8 +191,8 @@ def _compare(args: argparse.Namespace) -> int:
         f"gap: ELBO of {comparison.reference} minus the family's, paired draws; closed when at "
         f"most 2 standard errors + {args.tolerance:g} nats."
     )
-    if args.figures is not None:
-        _save_figures(comparison, Path(args.figures))
+    if figures is not None:
+        _save_figures(comparison, figures)
     return 0
 
 

@@ -16,3 +16,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def at_least_two(text: str) -> int:
+    """An argparse type: an integer of at least 2 (a sample size whose spread is defined).
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is below 2.
+        ValueError: ``text`` is not an integer.
+    """
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text}: give at least 2 data")
+    return value

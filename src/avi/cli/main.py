@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from avi.cli.arguments import at_least_two
+
 
 def _demo(args: argparse.Namespace) -> int:
     """Fit the paper's linear model with the three families and print the comparison table."""
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="the paper's linear model with three families")
-    demo.add_argument("--num-data", type=int, default=10_000, help="N (default 10,000)")
+    demo.add_argument(
+        "--num-data", type=at_least_two, default=10_000, help="N, at least 2 (default 10,000)"
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--num-particles", type=int, default=1000, help="draws for the ELBO")
     demo.add_argument("--no-progress", dest="progress", action="store_false")

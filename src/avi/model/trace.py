@@ -42,12 +42,21 @@ def run_trace(model: Model, args: Sequence[Any], kwargs: Mapping[str, Any]) -> d
         return handlers.trace(initialised).get_trace(*args, **kwargs)
     except Exception as error:  # the user's code can raise anything; we add context
         lengths = leading_lengths(args, kwargs)
-        hint = (
-            f" Leading lengths of the array arguments: {lengths}. Per-datum arguments must all "
-            "have the data plate's size along their first axis."
-            if lengths
-            else ""
-        )
+        text = str(error).lower()
+        hint = ""
+        if "invalid" in text and "parameter" in text:
+            hint = (
+                " A distribution's parameter is outside its domain at a point where the latents "
+                "take values drawn like NumPyro's init_to_uniform (uniform in (-2, 2) in "
+                "unconstrained space): e.g. the sqrt or log of a latent with a real-valued prior. "
+                "Give such a latent a prior on its domain (a scale: HalfNormal, LogNormal) or "
+                "map it there (jnp.exp, jax.nn.softplus)."
+            )
+        elif lengths and any(w in text for w in ("shape", "broadcast", "size", "incompatible")):
+            hint = (
+                f" Leading lengths of the array arguments: {lengths}. Per-datum arguments must "
+                "all have the data plate's size along their first axis."
+            )
         raise ModelError(
             f"Running the model on the given arguments failed: {type(error).__name__}: {error}.{hint}"
         ) from error

@@ -12,6 +12,7 @@ from avi.errors import AviError
 from avi.paper.experiments import registry
 from avi.paper.experiments.sizes import DEFAULT_SEEDS, SIZES, check_size
 from avi.paper.reproduce.files import save
+from avi.paper.reproduce.output import check_output
 from avi.paper.reproduce.report import write_report
 from avi.paper.reproduce.run import Log, run_experiment
 
@@ -24,6 +25,7 @@ def reproduce(
     data: str | Path | None = None,
     log: Log = lambda _: None,
     command: str = "avi reproduce",
+    force: bool = False,
 ) -> Path:
     """Run experiment ``name`` (or ``all``), write its files under ``out`` and ``out/REPORT.md``.
 
@@ -37,12 +39,14 @@ def reproduce(
         data: FashionMNIST IDX directory for the deep generative model.
         log: receives progress lines.
         command: the command line, quoted in the report.
+        force: write into a non-empty ``out`` (replacing only files avi reproduce wrote).
 
     Returns:
         The path of REPORT.md.
 
     Raises:
-        AviError: unknown name or size, a bad seed count, missing IDX files.
+        AviError: unknown name or size, a bad seed count, missing IDX files, or an output
+            folder that is not empty (without ``force``) or holds files avi did not write.
     """
     size = check_size(size)
     if seeds is None:
@@ -50,7 +54,9 @@ def reproduce(
     if not isinstance(seeds, int) or seeds < 1:
         raise AviError(f"seeds={seeds!r}: give a positive number of seeds.")
     out = Path(out)
-    setups = [registry.build(n, size, data) for n in registry.names(name)]
+    names = registry.names(name)
+    check_output(out, names, force)
+    setups = [registry.build(n, size, data) for n in names]
     for setup in setups:
         result = run_experiment(setup, size, range(seeds), log)
         result.info = replace(result.info, command=command)
@@ -74,7 +80,14 @@ def _handle(args: argparse.Namespace) -> int:
     )
     try:
         report = reproduce(
-            args.name, args.size, args.seeds, args.out, args.data, log, _command_line(args)
+            args.name,
+            args.size,
+            args.seeds,
+            args.out,
+            args.data,
+            log,
+            _command_line(args),
+            force=args.force,
         )
     except AviError as error:
         print(f"avi reproduce: error: {error}", file=sys.stderr)
@@ -131,6 +144,11 @@ def add_reproduce_command(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="directory of FashionMNIST's IDX files for the deep generative "
         "model (default: scikit-learn's digits)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty DIR (only files an earlier avi reproduce wrote are replaced)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(size="full", handler=_handle)

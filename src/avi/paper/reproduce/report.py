@@ -13,6 +13,7 @@ import pandas as pd
 
 from avi.paper.experiments import registry
 from avi.paper.reproduce.files import read_info, read_table
+from avi.paper.reproduce.output import written_by_us
 from avi.paper.reproduce.scoring import PAPER_FRACTION
 
 _DEFINITIONS = """\
@@ -141,13 +142,20 @@ def experiment_section(directory: Path) -> tuple[list[str], list[str], int, int]
 
 def write_report(out: Path) -> Path:
     """Write ``out/REPORT.md`` from every experiment directory present in ``out``."""
-    directories = [
-        out / name for name in registry.EXPERIMENTS if (out / name / "run.json").is_file()
-    ]
+    directories = [out / name for name in registry.EXPERIMENTS if written_by_us(out / name, name)]
     sections, overview, disagreements, total = [], [], [], 0.0
     for directory in directories:
-        lines, disagree, agreeing, checked = experiment_section(directory)
-        info = read_info(directory)
+        try:
+            lines, disagree, agreeing, checked = experiment_section(directory)
+            info = read_info(directory)
+        except (OSError, ValueError, KeyError, TypeError) as error:  # a damaged or old folder
+            sections += [
+                f"## {directory.name}",
+                "",
+                f"Not read: {type(error).__name__}: {error}.",
+                "",
+            ]
+            continue
         sections += lines
         disagreements += disagree
         total += info["duration_s"]
