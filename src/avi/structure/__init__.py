@@ -39,8 +39,14 @@ per probe. Discrete data (counts, indices) are probed by swapping rows.
   per-datum argument).
 
 Every datum is analysed when the problem holds at most ``ELEMENT_BUDGET`` array elements (the
-linear model at N = 100,000 is); larger problems are cut to their first data when the model
-follows its arguments, and the explanation says what was not verified. The program is compiled
+linear model at N = 100,000 is); larger problems are cut to their first k data when the model
+follows its arguments. What the first k show is then verified on all N data
+(:mod:`~avi.structure.beyond`: a permutation of the data outside the window of data spread over
+the range must leave their factors unchanged, and exchanging windows must exchange them); a
+verdict the whole problem does not confirm, or cannot be evaluated on, is "not-amortizable",
+with "not verified beyond k data" in the explanation (``StructureReport.verified_data`` = k).
+A summary mixed with a window longer than the probes' exclusion radius is separated robustly
+(the summary's columns are the many). The program is compiled
 once, reused by later calls on the same model and analysed problem (data of the same shapes).
 A latent sampled outside the data plate with one coordinate per datum (say
 ``f ~ MultivariateNormal(0, K)`` over all data) is a local latent.
@@ -53,14 +59,15 @@ Modules, each importing only those before it:
 * :mod:`~avi.structure.probes`: the probed data and the derivative probes.
 * :mod:`~avi.structure.program`: the compiled program evaluating the probes, and its reuse.
 * :mod:`~avi.structure.dependencies`: the dependency edges and the windows.
+* :mod:`~avi.structure.beyond`: the test on all data of what a large problem's prefix showed.
 * :mod:`~avi.structure.report`: :class:`StructureReport` and the explanation.
 * :mod:`~avi.structure.verdict`: :func:`check`.
 * :mod:`~avi.structure.refusals`: what the fit must refuse (minibatches of a model summarising
   its data, an encoder without input).
 """
 
-from avi.structure.report import StructureReport
 from avi.structure.refusals import minibatch_refusal, refuse_minibatches
+from avi.structure.report import StructureReport
 from avi.structure.verdict import check
 
 __all__ = [

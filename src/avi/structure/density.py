@@ -81,6 +81,20 @@ def site_gradients(
     return jax.jacrev(densities)(dict(u_locals))
 
 
+def total_gradient(
+    problem: Problem,
+    u_globals: Mapping[str, jax.Array],
+    u_locals: Mapping[str, jax.Array],
+    data: Sequence[jax.Array],
+) -> dict[str, jax.Array]:
+    """g = d log p(theta, z, x) / du_L = sum_s g_s for every local latent L: one reverse pass."""
+
+    def total(v: dict[str, jax.Array]) -> jax.Array:
+        return sum(_site_log_densities(problem, {**u_globals, **v}, data).values())
+
+    return jax.grad(total)(dict(u_locals))
+
+
 def input_arrays(
     problem: Problem, u: Mapping[str, jax.Array], arrays: Sequence[jax.Array]
 ) -> list[jax.Array]:

@@ -19,6 +19,7 @@ is invisible to an encoder of the plate's data.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -43,6 +44,10 @@ RESIDUAL_RTOL = 1e-6
 """A column's deviation from the global summary counts as local above this relative size."""
 MAX_SUMMARY_RANK = 3
 """Largest dimension of a global summary of one data array (mean, sd, sum, ...)."""
+SUMMARY_SHARE = 0.75
+"""Share of the dense columns a summary must explain when the window is mixed into it."""
+MAX_LOCAL_COLUMNS = 512
+"""Columns left unexplained by a summary beyond which the dependence is dense."""
 
 
 class Edge(NamedTuple):
@@ -172,17 +177,22 @@ def decompose(
     start = max(reach, default=0)
     distance = np.abs(index[None, :] - probes_[:, None])  # (P, size)
     # the summary's columns lie far from every probe; a window's mixed columns (window plus
-    # summary, non-zero in every row) lie near: widen the exclusion until the rank is low
+    # summary, non-zero in every row) lie near: widen the exclusion until the rank is least
+    # (it never grows as columns are dropped; a window's columns left in add to it)
+    best = None
     for near in sorted({start} | {d for d in 2 ** np.arange(20) if start < d <= len(index) // 8}):
-        far_rows = distance > near
-        columns = dense & far_rows.all(axis=0)[:, None]
-        rank, basis = _rank(rows[:, columns])
-        if rank <= MAX_SUMMARY_RANK:
+        far_rows_ = distance > near
+        rank_, basis_ = _rank(rows[:, dense & far_rows_.all(axis=0)[:, None]])
+        if best is None or rank_ < best[0]:
+            best = (rank_, basis_, far_rows_)
+        if rank_ == 0:
             break
+    rank, basis, far_rows = best
+    robust = _robust_decompose(rows, scale)
     if rank > MAX_SUMMARY_RANK:
-        return every, -1
+        return robust if robust[1] >= 0 else (every, -1)
     if rank == 0:
-        return every, 0
+        return robust if robust[1] > 0 and len(robust[0]) < len(every) else (every, 0)
     residual = np.array(rows)
     patterns, inverse = np.unique(far_rows.T, axis=0, return_inverse=True)
     for p, pattern in enumerate(patterns):
@@ -193,7 +203,67 @@ def decompose(
             coefficients = np.linalg.lstsq(u, block[pattern], rcond=None)[0]
             residual[:, cols] = (block - basis @ coefficients).reshape(residual[:, cols].shape)
     local = np.abs(residual) > RESIDUAL_RTOL * scale
-    return [(int(i), int(m)) for i, m in zip(*np.nonzero(local.any(axis=2)), strict=True)], rank
+    entries = [(int(i), int(m)) for i, m in zip(*np.nonzero(local.any(axis=2)), strict=True)]
+    # a window longer than the exclusion radius pollutes the basis: the fewer local entries win
+    if robust[1] >= 0 and len(robust[0]) < len(entries):
+        return robust
+    return entries, rank
+
+
+def _robust_decompose(rows: np.ndarray, scale: float) -> tuple[list[tuple[int, int]], int]:
+    """:func:`decompose` when no exclusion around the probes isolates the summary (a window
+    longer than the exclusion radius, mixed with a summary).
+
+    The summary's columns are the many: normalised to unit length, at least SUMMARY_SHARE of
+    the dense columns lie in the span U of the top r <= MAX_SUMMARY_RANK left singular vectors.
+    In every other column the rows carrying a local entry are removed greedily (largest
+    residual first) until the rest is c_m^T U up to RESIDUAL_RTOL * scale: those rows are its
+    local entries. Entries of columns that are zero in some row are local too, as are those of
+    rows non-zero in at most half the columns (a summary's coefficient below rounding there).
+    """
+    tol = RESIDUAL_RTOL * scale
+    nonzero = np.abs(rows) > RTOL * scale
+    summary_rows = nonzero.any(axis=2).sum(axis=1) > rows.shape[1] // 2
+    dense = nonzero[summary_rows].all(axis=0) if summary_rows.any() else nonzero[0] & False
+    matrix = rows[summary_rows][:, dense]  # (P', columns)
+    if matrix.shape[1] == 0 or matrix.shape[0] < 2:
+        return [], -1
+    where = np.argwhere(dense)
+    unit = matrix / np.linalg.norm(matrix, axis=0)
+    for rank in range(1, MAX_SUMMARY_RANK + 1):
+        inliers = np.ones(unit.shape[1], bool)
+        for _ in range(3):  # refit on the columns the basis explains best (drops the window's)
+            basis = np.linalg.svd(unit[:, inliers], full_matrices=False)[0][:, :rank]
+            residual = np.linalg.norm(unit - basis @ (basis.T @ unit), axis=0)
+            inliers = residual <= np.quantile(residual, SUMMARY_SHARE)
+        off = residual > RESIDUAL_RTOL
+        if off.mean() <= 1 - SUMMARY_SHARE:
+            break
+    else:
+        return [], -1
+    if off.sum() > MAX_LOCAL_COLUMNS:
+        return [], -1
+    outside = ~(summary_rows[:, None, None] & dense[None])
+    local = {(int(i), int(m)) for i, m, _ in zip(*np.nonzero(outside & nonzero), strict=True)}
+    numbers = np.flatnonzero(summary_rows)
+    for column in np.flatnonzero(off):
+        rows_ = _local_rows(matrix[:, column], basis, tol)
+        local |= {(int(numbers[i]), int(where[column][0])) for i in rows_}
+    return sorted(local), rank
+
+
+def _local_rows(values: np.ndarray, basis: np.ndarray, tol: float) -> tuple[int, ...]:
+    """The fewest rows whose removal leaves ``values`` = basis c (at least rank + 1 rows left to
+    confirm the fit, up to ``tol``); every row when none does."""
+    count, rank = len(values), basis.shape[1]
+    for removed in range(1, count - rank):
+        for rows_ in itertools.combinations(range(count), removed):
+            keep = np.ones(count, bool)
+            keep[list(rows_)] = False
+            c = np.linalg.lstsq(basis[keep], values[keep], rcond=None)[0]
+            if np.max(np.abs(values[keep] - basis[keep] @ c)) <= tol:
+                return rows_
+    return tuple(range(count))
 
 
 def _rank(matrix: np.ndarray) -> tuple[int, np.ndarray]:

@@ -12,7 +12,7 @@ what the optimal factor q*(z_n) of Lemma 3.1 may depend on besides the globals.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -24,8 +24,8 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.initialization import init_to_uniform
 
-from avi.errors import ModelError
 from avi.data.rows import map_per_datum
+from avi.errors import ModelError
 from avi.model import Model, ModelLayout, is_latent, plate_axis, plate_names
 
 ELEMENT_BUDGET = 2_000_000
@@ -112,9 +112,14 @@ class Problem:
 
 
 def analysed_problem(
-    model: Model, args: Sequence[Any], kwargs: Mapping[str, Any], layout: ModelLayout
+    model: Model,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    layout: ModelLayout,
+    whole: bool = False,
 ) -> Problem:
-    """Shrink the model to its first SUB_SIZE data when it follows, and classify its sites.
+    """Shrink the model to the first data the element budget allows (when it follows its cut
+    arguments), unless ``whole``, and classify its sites.
 
     Raises:
         ModelError: JAX cannot trace the model on its data.
@@ -126,7 +131,7 @@ def analysed_problem(
             "avi.check traces the model with JAX on its data (as avi.fit does) and it failed: "
             f"{type(error).__name__}: {error}. Use jax.numpy, not numpy, on the model's arguments."
         ) from error
-    limit = analysed_size(full)
+    limit = full.size if whole else analysed_size(full)
     sub = _shrunk(model, args, kwargs, layout, full, limit) if full.size > limit else None
     if sub is not None:
         structure, reference = sub, full
@@ -167,9 +172,13 @@ def analysed_problem(
 def analysed_size(full: _Structure) -> int:
     """Data analysed: all of them when the problem holds at most ELEMENT_BUDGET array elements,
     else as many as the budget allows (at least MIN_SIZE)."""
-    elements = sum(int(np.prod(site.shape)) for site in full.sites.values())
-    per_datum = max(elements / max(full.size, 1), 1.0)
+    per_datum = max(elements(full.sites) / max(full.size, 1), 1.0)
     return max(MIN_SIZE, int(ELEMENT_BUDGET / per_datum))
+
+
+def elements(sites: Mapping[str, Site]) -> int:
+    """Array elements of the sample sites' values: the size of one evaluation of the model."""
+    return sum(int(np.prod(site.shape)) for site in sites.values())
 
 
 def _per_datum_sites(

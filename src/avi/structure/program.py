@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -70,9 +70,9 @@ def evaluate_points(
         ModelError: the model fails under differentiation, or no such point among MAX_SEEDS
             draws.
     """
-    evaluate = _evaluator(problem, ("rows", design, tuple(row_probes), tuple(swaps)),
+    evaluate = evaluator(problem, ("rows", design, tuple(row_probes), tuple(swaps)),
                           lambda p: _rows_program(p, design, row_probes, swaps))
-    found = _at_points(problem, lambda point: evaluate(_arrays(problem), *point))
+    found = at_points(problem, lambda point: evaluate(per_datum_arrays(problem), *point))
     return [tables for tables, _ in found]
 
 
@@ -80,13 +80,13 @@ def exchange_points(
     problem: Problem, offsets: tuple[int, ...], pairs: list[tuple[int, int]]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each random point, the exchange probe's (difference, scale) per pair (n, m)."""
-    evaluate = _evaluator(problem, ("exchange", offsets, tuple(pairs)),
+    evaluate = evaluator(problem, ("exchange", offsets, tuple(pairs)),
                           lambda p: _exchange_program(p, offsets, pairs))
-    found = _at_points(problem, lambda point: evaluate(_arrays(problem), *point))
+    found = at_points(problem, lambda point: evaluate(per_datum_arrays(problem), *point))
     return [(np.asarray(d), np.asarray(s)) for (d, s), _ in found]
 
 
-def _arrays(problem: Problem) -> list[np.ndarray]:
+def per_datum_arrays(problem: Problem) -> list[np.ndarray]:
     """The per-datum arguments as NumPy arrays, real ones in float64 (whatever dtype JAX or the
     caller left them in, so that a compiled program always receives the same types)."""
     arrays = []
@@ -98,13 +98,13 @@ def _arrays(problem: Problem) -> list[np.ndarray]:
     return arrays
 
 
-def _at_points(problem: Problem, run: Callable[[tuple[Any, ...]], Any]) -> list[tuple[Any, set]]:
+def at_points(problem: Problem, run: Callable[[tuple[Any, ...]], Any]) -> list[tuple[Any, set]]:
     """``run`` at NUM_POINTS random points where every gradient is finite."""
     results, bad = [], set()
     rng = np.random.default_rng(0)
     for _ in range(MAX_SEEDS):
         try:
-            result, finite = run(_random_point(problem, rng))
+            result, finite = run(random_point(problem, rng))
         except Exception as error:  # the user's model may fail under differentiation
             raise ModelError(
                 "avi.check could not differentiate the model's log density with respect to its "
@@ -126,7 +126,7 @@ def _at_points(problem: Problem, run: Callable[[tuple[Any, ...]], Any]) -> list[
     return results
 
 
-def _random_point(
+def random_point(
     problem: Problem, rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[np.ndarray]]:
     """Unconstrained globals and locals uniform on (-2, 2), as NumPyro's init_to_uniform draws
@@ -141,7 +141,7 @@ def _random_point(
     return u_globals, {n: u[n] for n in problem.locals}, noise
 
 
-def _evaluator(
+def evaluator(
     problem: Problem, extra: Hashable, build: Callable[[Problem], Callable[..., Any]]
 ) -> Callable[..., Any]:
     """The compiled program for this problem: a kept one if its key matches, else a new one.
@@ -171,7 +171,8 @@ def _finite(point: Point) -> dict[str, jax.Array]:
     return {s: _all_finite(g) for s, g in point.base.items()}
 
 
-def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+def jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``jax.jit`` with the fast-compiling options on CPU (COMPILER_OPTIONS)."""
     options = COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
     return jax.jit(fn, compiler_options=options)
 
@@ -207,7 +208,7 @@ def _rows_program(
         )
         return tables, tables.finite
 
-    return _jit(evaluate)
+    return jit(evaluate)
 
 
 def _exchange_program(
@@ -222,7 +223,7 @@ def _exchange_program(
         )
         return result, _finite(point)
 
-    return _jit(evaluate)
+    return jit(evaluate)
 
 
 def _without_data(problem: Problem) -> Problem:

@@ -10,6 +10,7 @@ latents (as in a hidden Markov model) or dense dependencies admit none short of 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,6 +39,10 @@ class StructureReport:
             so such a model must not be fitted on minibatches (:func:`refuse_minibatches`).
         dataless: the local latents whose optimal factor depends on no data (an encoder for
             them would have no input).
+        verified_data: the number of data the verdict's evidence covers: N when all data were
+            analysed, or when what the first k data showed was verified on all N
+            (:mod:`avi.structure.beyond`); k when it was not, in which case the verdict is
+            never "simple-hierarchical" nor "expanded-domain".
     """
 
     verdict: Verdict
@@ -45,6 +50,7 @@ class StructureReport:
     explanation: str
     summaries: tuple[str, ...] = ()
     dataless: tuple[str, ...] = ()
+    verified_data: int | None = None
 
 
 def no_locals_report(problem: Problem) -> StructureReport:
@@ -114,7 +120,7 @@ def window_report(
     dataless = tuple(
         w.local for w in windows if not w.links and not any(k[0] == w.local for k in summaries)
     )
-    extra = _summary_phrase(problem, summaries) + _dataless_phrase(dataless) + _limit(problem)
+    extra = _summary_phrase(problem, summaries) + _dataless_phrase(dataless)
     labels = tuple(sorted({label for _, label in summaries}))
     inputs = tuple(sorted({0} | {offset for w in windows for _, offset in w.links}))
     if inputs == (0,):
@@ -186,6 +192,52 @@ def unseen_report(
         "plate (avi.fit(..., groups=...)), or pass per-datum summaries of them as arguments "
         "along the plate; else fit with avi.Factorized().",
     )
+
+
+def beyond_report(
+    problem: Problem, report: StructureReport, verified: bool, reason: str, probes: int
+) -> StructureReport:
+    """The prefix's amortizable ``report`` once tested on all the data (:mod:`~.beyond`).
+
+    Verified, it stands for all N data. Otherwise the first k data alone cannot support it
+    (a lag longer than k, or anything past the k-th datum, would be missed): the verdict is
+    "not-amortizable", and the explanation says what the prefix showed and why it was not
+    verified beyond k data.
+    """
+    k, total = problem.size, problem.num_data
+    if verified:
+        return dataclasses.replace(
+            report,
+            explanation=f"{report.explanation} What the first {k} data showed was verified on "
+            f"all {total}: at {probes} data spread over the whole range, permuting the data "
+            "(and local latents) outside each one's window leaves its optimal factor unchanged, "
+            "and exchanging the windows of disjoint pairs of data exchanges their factors.",
+            verified_data=total,
+        )
+    found = (
+        "simple hierarchical (an ideal inference function of the datum)"
+        if report.verdict == "simple-hierarchical"
+        else f"an expanded domain (an ideal inference function of the window {report.inputs})"
+    )
+    return StructureReport(
+        "not-amortizable",
+        None,
+        f"{_scope(problem)} On them the model looks {found}, but this was not verified beyond "
+        f"{k} data: {reason}. avi.check does not call a model amortizable on a part of its data. "
+        "Fit it with avi.Factorized(); if you know the model's dependence is confined to the "
+        f"window {report.inputs}, avi.Amortized(encoder, inputs=avi.Window(offsets="
+        f"{report.inputs})) is your call. (Details of the first {k} data: "
+        f"{_body(report)})",
+        report.summaries,
+        report.dataless,
+        k,
+    )
+
+
+def _body(report: StructureReport) -> str:
+    """The explanation without its opening sentence on the plate."""
+    head, _, rest = report.explanation.partition("data. ")
+    return rest or head
 
 
 def _summary_phrase(problem: Problem, summaries: Mapping[tuple[str, str], set[str]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -9,12 +10,14 @@ import numpy as np
 import numpyro
 
 from avi.model import Model, trace_model
+from avi.structure.beyond import verify_beyond
 from avi.structure.dependencies import dependencies, local_window
 from avi.structure.probes import design_for
 from avi.structure.problem import Problem, analysed_problem
 from avi.structure.program import exchange_points
 from avi.structure.report import (
     StructureReport,
+    beyond_report,
     coupled_report,
     no_locals_report,
     position_report,
@@ -59,22 +62,33 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
     layout = trace_model(model, args, kwargs, plate).layout
     with jax.enable_x64(True), numpyro.validation_enabled(False):
         problem = analysed_problem(model, args, kwargs, layout)
-        if not problem.locals:
-            return no_locals_report(problem)
-        found = dependencies(problem, design_for(problem.size))
-        if found.coupling:
-            return coupled_report(problem, found.coupling)
-        if found.unseen:
-            return unseen_report(problem, found.unseen)
-        windows = [
-            local_window(name, [e for e in found.data if e.local == name], problem.size)
-            for name in problem.locals
-        ]
-        if all(w.problem is None for w in windows):
-            offsets = tuple(sorted({0} | {o for w in windows for _, o in w.links}))
-            moved = _position_dependent(problem, offsets)
-            if moved is not None:
-                return position_report(problem, offsets, moved)
+        report = _prefix_report(problem)
+        unverified = problem.size < problem.num_data and problem.locals
+        if unverified and report.verdict != "not-amortizable":
+            verification = verify_beyond(model, args, kwargs, layout, problem, report.inputs)
+            return beyond_report(problem, report, *verification)
+    return dataclasses.replace(report, verified_data=problem.size if problem.locals
+                               else problem.num_data)
+
+
+def _prefix_report(problem: Problem) -> StructureReport:
+    """The verdict on the analysed problem (all data, or the first k of a large problem)."""
+    if not problem.locals:
+        return no_locals_report(problem)
+    found = dependencies(problem, design_for(problem.size))
+    if found.coupling:
+        return coupled_report(problem, found.coupling)
+    if found.unseen:
+        return unseen_report(problem, found.unseen)
+    windows = [
+        local_window(name, [e for e in found.data if e.local == name], problem.size)
+        for name in problem.locals
+    ]
+    if all(w.problem is None for w in windows):
+        offsets = tuple(sorted({0} | {o for w in windows for _, o in w.links}))
+        moved = _position_dependent(problem, offsets)
+        if moved is not None:
+            return position_report(problem, offsets, moved)
     return window_report(problem, windows, found.summaries)
 
 
