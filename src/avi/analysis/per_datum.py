@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avi.data.boundary import convert_arguments
 from avi.errors import AviError
 from avi.families import Factorized
 from avi.model import ModelLayout, constrained_trace, trace_model
@@ -86,6 +87,7 @@ def on_data(fit: Fit, args: Sequence[Any], kwargs: Mapping[str, Any]) -> OnData:
     factors = dict(zip(fit.family.factor.parameters, parts, strict=True))
     family = Factorized(fit.family.factor)
     if args or kwargs:
+        args, kwargs = convert_arguments(args, kwargs)
         traced = trace_model(fit.traced.model, args, kwargs, plate=fit.traced.layout.plate)
         problem = _factorized_problem(family, traced.model, traced.layout, args, kwargs)
     else:

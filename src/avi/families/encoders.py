@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import equinox as eqx
 import jax
@@ -80,6 +80,14 @@ def _split(flat: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple[jax.Ar
     return tuple(p.reshape(s) for p, s in zip(jnp.split(flat, sizes), shapes, strict=True))
 
 
+
+def _int_field(module: Any, name: str) -> None:
+    """Store a numpy integer field (``np.int64(16)``) as a Python int; others stay for the
+    caller's check."""
+    value = getattr(module, name)
+    if isinstance(value, np.integer):
+        object.__setattr__(module, name, int(value))
+
 class MLPEncoder(eqx.Module):
     """lambda = split(MLP(x)): ``depth`` hidden layers of ``width`` units, one head per part."""
 
@@ -105,6 +113,8 @@ class MLP:
     activation: str = "relu"
 
     def __post_init__(self) -> None:
+        _int_field(self, "width")
+        _int_field(self, "depth")
         if not isinstance(self.width, int) or self.width < 1:
             raise FamilyError(f"MLP(width={self.width!r}): width must be a positive integer.")
         if not isinstance(self.depth, int) or self.depth < 0:
@@ -166,6 +176,7 @@ class Polynomial:
     degree: int
 
     def __post_init__(self) -> None:
+        _int_field(self, "degree")
         if not isinstance(self.degree, int) or self.degree < 0:
             raise FamilyError(
                 f"Polynomial(degree={self.degree!r}): degree must be a non-negative integer."
