@@ -75,18 +75,19 @@ def load_data(path: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
             (``arg0`` and ``arg2`` without ``arg1``).
     """
     if not Path(path).is_file():
-        raise AviError(f"--data {path}: no such file.")
+        raise AviError(f"--data {path}: cannot read it as an .npz (or .npy) file: no such file.")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):  # a .npy file: the model's only argument
-            return (loaded,), {}
-        with loaded as stored:
-            arrays = {key: stored[key] for key in stored.files}
+        with open(path, "rb") as handle:  # numpy leaves its own handle open on a bad zip
+            loaded = np.load(handle, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):  # a .npy file: the model's only argument
+                return (loaded,), {}
+            with loaded as stored:
+                arrays = {key: stored[key] for key in stored.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
         if "pickled" in str(error):
             error = ValueError("it is not a numpy file (a text file or a pickle?)")
         raise AviError(
-            f"--data {path}: cannot read it as a numpy .npz or .npy file ({type(error).__name__}: "
+            f"--data {path}: cannot read it as an .npz (or .npy) file ({type(error).__name__}: "
             f"{error}). Write the model's arguments with numpy.savez(path, arg0=x, y=y) (or one "
             "array with numpy.save); text files and pickles are not read."
         ) from error
