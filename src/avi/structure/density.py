@@ -108,6 +108,6 @@ def input_arrays(
         for item, value in zip(problem.inputs, data, strict=True)
     ]
     return [
-        v if item.discrete else v.astype(jnp.float64)
+        v.astype(jnp.float64) if item.real else v
         for item, v in zip(problem.inputs, values, strict=True)
     ]

@@ -105,8 +105,10 @@ def dependencies(problem: Problem, design: Design) -> Findings:
     swaps = swap_probes(problem, design)
     real = [problem.inputs[i] for i in real_positions(problem)]
     discrete = [problem.inputs[i].label for i in discrete_positions(problem)]
+    valued = {problem.inputs[i].label for i in discrete_positions(problem)
+              if problem.inputs[i].valued}
     blocks = design.window is not None
-    found = Findings()
+    found, swapped = Findings(), set()
     for tables in evaluate_points(problem, design, row_probes, swaps):
         for k, local in enumerate(names):
             idx = [j for j, p in enumerate(row_probes) if p.slot == k]
@@ -120,8 +122,12 @@ def dependencies(problem: Problem, design: Design) -> Findings:
         if tables.swaps is not None:
             for (term, local), hits in _swap_hits(tables.swaps, swaps, tables.magnitude).items():
                 for probe, row in zip(swaps, hits, strict=True):
-                    found.data |= _swap_edges(local, discrete[probe.slot], term, probe, row,
-                                              design.probes)
+                    swapped |= _swap_edges(local, discrete[probe.slot], term, probe, row,
+                                           design.probes)
+    # a swap changes a summary of integer values (a mean of counts) that the derivatives
+    # separated; what they cannot see there is left to the permutation test (beyond)
+    found.data |= {e for e in swapped
+                   if not (e.source in valued and (e.local, e.source) in found.summaries)}
     return found
 
 
@@ -208,6 +214,20 @@ def decompose(
     if robust[1] >= 0 and len(robust[0]) < len(entries):
         return robust
     return entries, rank
+
+
+def _by_coordinate(rows: np.ndarray, probes: Sequence[int]) -> tuple[list[tuple[int, int]], int]:
+    """:func:`decompose` coordinate by coordinate of the data (a summary per feature, such as
+    the mean of each column of x, has rank up to MAX_SUMMARY_RANK in each)."""
+    entries: set[tuple[int, int]] = set()
+    rank = 0
+    for j in range(rows.shape[2]):
+        found, r = decompose(rows[:, :, j : j + 1], probes, True)
+        if r < 0:
+            return found, -1
+        entries |= set(found)
+        rank = max(rank, r)
+    return sorted(entries), rank
 
 
 def _robust_decompose(rows: np.ndarray, scale: float) -> tuple[list[tuple[int, int]], int]:
@@ -300,6 +320,8 @@ def _data_findings(
             found.summaries.setdefault((local, source), set()).update(terms)
         return
     entries, rank = decompose(total, design.probes, blocks)
+    if rank < 0 and total.shape[2] > 1:
+        entries, rank = _by_coordinate(total, design.probes)
     if rank > 0:
         found.summaries.setdefault((local, source), set()).update(terms)
     for i, m in entries:

@@ -12,7 +12,11 @@ direction v of z_n's coordinates, one reverse pass of h_s = <v, g_s(z_n)> (:func
 so dependencies at any distance cost O(N) per probed datum. For a discrete array (counts,
 indices), z_n depends on row m iff g_s(z_n) changes when row m is swapped for another datum's
 row (two donors: the most different row, and the one whose sum differs most; :func:`swapped`),
-probed within ``DISCRETE_WINDOW`` rows plus one joint perturbation of all farther rows.
+probed within ``DISCRETE_WINDOW`` rows plus one joint perturbation of all farther rows. An
+integer argument the model uses as values only (``Input.valued``) is differentiated as real data
+too (a lag of any length, a summary of counts) and swapped within the window (a threshold on
+counts, which derivatives miss); what lies farther is tested by the permutation of
+:mod:`avi.structure.beyond`, which ``check`` then always runs.
 
 The exchange probe (:func:`exchanged`) tests exchangeability (Definition 3.3: no distribution
 depends on the index n): it swaps the windows (x_{n+k})_{k in K} <-> (x_{m+k})_{k in K} of every
@@ -88,7 +92,7 @@ def design_for(size: int) -> Design:
 
 def real_positions(problem: Problem) -> list[int]:
     """Positions in ``problem.inputs`` of the real-valued inputs (along the plate or not)."""
-    return [i for i, item in enumerate(problem.inputs) if not item.discrete]
+    return [i for i, item in enumerate(problem.inputs) if item.real]
 
 
 def discrete_positions(problem: Problem) -> list[int]:
@@ -101,8 +105,9 @@ def swap_probes(problem: Problem, design: Design) -> list[Probe]:
     far = [Probe(0, p, True) for p in design.probes] if design.window is not None else []
     return [
         probe._replace(slot=k)
-        for k in range(len(discrete_positions(problem)))
-        for probe in [Probe(0, m, False, d) for m in design.rows for d in (0, 1)] + far
+        for k, i in enumerate(discrete_positions(problem))
+        for probe in [Probe(0, m, False, d) for m in design.rows for d in (0, 1)]
+        + ([] if problem.inputs[i].valued else far)
     ]
 
 

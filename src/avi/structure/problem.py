@@ -75,6 +75,14 @@ class Input:
     axis: int | None
     label: str
     discrete: bool
+    valued: bool = False
+
+    @property
+    def real(self) -> bool:
+        """Whether the analysis differentiates with respect to it: real data, or an integer
+        argument the model uses as values only (``valued``: it runs on it as float64, so it
+        indexes nothing; counts as covariates or lags)."""
+        return not self.discrete or self.valued
 
     @property
     def along(self) -> bool:
@@ -147,11 +155,13 @@ def analysed_problem(
         if site.kind == "observed" and name not in along and not site.discrete
     ]
     inputs = observed + [
-        Input("arg", i, 0, _argument_label(model, i), _is_discrete(args[i]))
+        Input("arg", i, 0, _argument_label(model, i), _is_discrete(args[i]),
+              _used_as_values(model, args, kwargs, "arg", i))
         for i in layout.per_datum_args
     ]
     inputs += [
-        Input("kwarg", k, 0, f"argument '{k}'", _is_discrete(kwargs[k]))
+        Input("kwarg", k, 0, f"argument '{k}'", _is_discrete(kwargs[k]),
+              _used_as_values(model, args, kwargs, "kwarg", k))
         for k in layout.per_datum_kwargs
     ]
     disguised = tuple(n for n in locals_ if layout.plate not in structure.sites[n].plates)
@@ -203,6 +213,34 @@ def _head(
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The arguments with every per-datum array cut to its first ``stop`` rows."""
     return map_per_datum(layout, args, kwargs, lambda a: a[:stop])
+
+
+def _used_as_values(
+    model: Model, args: Sequence[Any], kwargs: Mapping[str, Any], kind: str, key: int | str
+) -> bool:
+    """Whether an integer (not boolean) argument is used as values only: the model and its log
+    densities run, in an abstract run, with it converted to float64 (an index, a gather, a
+    count of groups or the value of a categorical likelihood fails).
+    """
+    value = (args if kind == "arg" else kwargs)[key]
+    if not jnp.issubdtype(jnp.result_type(value), jnp.integer):
+        return False
+
+    def run(real: jax.Array) -> None:
+        call_args, call_kwargs = list(args), dict(kwargs)
+        (call_args if kind == "arg" else call_kwargs)[key] = real
+        seeded = handlers.seed(model, rng_seed=0)
+        initialised = handlers.substitute(seeded, substitute_fn=init_to_uniform)
+        trace = handlers.trace(initialised).get_trace(*call_args, **call_kwargs)
+        for site in trace.values():
+            if site["type"] == "sample":
+                site["fn"].log_prob(site["value"])
+
+    try:
+        jax.eval_shape(run, jax.ShapeDtypeStruct(jnp.shape(value), jnp.float64))
+    except Exception:  # noqa: BLE001 (whatever an index that is not an integer raises)
+        return False
+    return True
 
 
 def _is_discrete(value: Any) -> bool:

@@ -94,7 +94,7 @@ def per_datum_arrays(problem: Problem) -> list[np.ndarray]:
         if item.kind == "site":
             continue
         value = np.asarray((problem.args if item.kind == "arg" else problem.kwargs)[item.key])
-        arrays.append(value if item.discrete else value.astype(np.float64))
+        arrays.append(value.astype(np.float64) if item.real else value)
     return arrays
 
 

@@ -205,6 +205,22 @@ def beyond_report(
     verified beyond k data.
     """
     k, total = problem.size, problem.num_data
+    if verified and k == total:
+        return dataclasses.replace(report, verified_data=total)
+    if k == total:
+        return StructureReport(
+            "not-amortizable",
+            None,
+            f"{_scope(problem)} The derivatives show a dependence confined to the window "
+            f"{report.inputs}, but {reason.removeprefix('beyond them, ')}: the model also "
+            "depends on data outside it in a way derivatives do not show (a threshold or a "
+            "comparison on integer data), so no fixed window of data is known to suffice and "
+            "no inference function of it is known to be ideal (Theorem 3.4). Fit it with "
+            "avi.Factorized().",
+            report.summaries,
+            report.dataless,
+            k,
+        )
     if verified:
         return dataclasses.replace(
             report,

@@ -63,7 +63,8 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
     with jax.enable_x64(True), numpyro.validation_enabled(False):
         problem = analysed_problem(model, args, kwargs, layout)
         report = _prefix_report(problem)
-        unverified = problem.size < problem.num_data and problem.locals
+        counts = any(item.valued and item.along for item in problem.inputs)
+        unverified = (problem.size < problem.num_data or counts) and problem.locals
         if unverified and report.verdict != "not-amortizable":
             verification = verify_beyond(model, args, kwargs, layout, problem, report.inputs)
             return beyond_report(problem, report, *verification)
