@@ -150,7 +150,7 @@ def test_log_density_equals_numpyros(num_data, seed):
     np.testing.assert_allclose(float(ours), float(numpyros), rtol=1e-5, atol=1e-4)
 
 
-@settings(max_examples=4, deadline=None, derandomize=True)
+@settings(max_examples=2, deadline=None, derandomize=True)
 @given(
     num_data=st.integers(6, 40), fraction=st.floats(0.1, 0.9), family=st.sampled_from(["f", "a"])
 )
