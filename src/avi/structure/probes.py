@@ -101,12 +101,15 @@ def discrete_positions(problem: Problem) -> list[int]:
 
 
 def swap_probes(problem: Problem, design: Design) -> list[Probe]:
-    """Swap probes of every discrete input: each row near a probe (two donors), and the far rows."""
+    """Swap probes of every discrete input: each row near a probe (two donors; one for values,
+    whose smooth dependence the derivatives find), and the far rows (not for values: the
+    permutation test of :mod:`avi.structure.beyond` covers them)."""
     far = [Probe(0, p, True) for p in design.probes] if design.window is not None else []
     return [
         probe._replace(slot=k)
         for k, i in enumerate(discrete_positions(problem))
-        for probe in [Probe(0, m, False, d) for m in design.rows for d in (0, 1)]
+        for probe in [Probe(0, m, False, d) for m in design.rows
+                      for d in ((0,) if problem.inputs[i].valued else (0, 1))]
         + ([] if problem.inputs[i].valued else far)
     ]
 
