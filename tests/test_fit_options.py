@@ -178,3 +178,8 @@ def test_learning_rate_accepts_numpy_floats_and_refuses_inf():
     assert fit(learning_rate=np.float32(0.01)).num_steps == 5
     with pytest.raises(avi.AviError, match="learning_rate"):
         fit(learning_rate=float("inf"))
+
+
+def test_a_misspelt_option_reaching_the_model_is_explained():
+    with pytest.raises(avi.ModelError, match="spelling of avi.fit's options"):
+        avi.fit(hierarchical, Y, family="factorized", num_step=5, progress=False)

@@ -52,6 +52,11 @@ def run_trace(model: Model, args: Sequence[Any], kwargs: Mapping[str, Any]) -> d
                 "Give such a latent a prior on its domain (a scale: HalfNormal, LogNormal) or "
                 "map it there (jnp.exp, jax.nn.softplus)."
             )
+        elif isinstance(error, TypeError) and "unexpected keyword argument" in text:
+            hint = (
+                " avi.fit passes the keyword arguments it does not know on to the model: check "
+                "the spelling of avi.fit's options (num_steps, max_steps, batch_size, ...)."
+            )
         elif lengths and any(w in text for w in ("shape", "broadcast", "size", "incompatible")):
             hint = (
                 f" Leading lengths of the array arguments: {lengths}. Per-datum arguments must "
