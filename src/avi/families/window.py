@@ -37,13 +37,6 @@ class Window:
     def apply(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stack neighbours' features; return (windowed (N, F*W), complete (N,) mask)."""
         num_data = features.shape[0]
-        reach = max(abs(o) for o in self.offsets)
-        if reach >= num_data:
-            raise FamilyError(
-                f"Window(offsets={self.offsets}) reaches {reach} data away, but there are only "
-                f"N={num_data}: no datum would have all its neighbours, so every factor would be "
-                f"free (F-VI, not A-VI). Use offsets of size below {num_data}."
-            )
         index = np.arange(num_data)[:, None] + np.asarray(self.offsets)[None, :]
         complete = np.all((index >= 0) & (index < num_data), axis=1)
         gathered = features[np.clip(index, 0, num_data - 1)]
@@ -56,3 +49,21 @@ def free_slots(complete: np.ndarray) -> np.ndarray:
     slots = np.full(complete.shape, -1, dtype=np.int32)
     slots[~complete] = np.arange(int((~complete).sum()), dtype=np.int32)
     return slots
+
+
+def check_reach(inputs: Window | None, num_data: int) -> None:
+    """A Window whose offsets span the whole data leaves no datum complete: A-VI would silently
+    become F-VI (every factor free).
+
+    Raises:
+        FamilyError: an offset of size N or more.
+    """
+    if inputs is None:
+        return
+    span = max(0, *inputs.offsets) - min(0, *inputs.offsets)
+    if span >= num_data:
+        raise FamilyError(
+            f"Window(offsets={inputs.offsets}) spans {span + 1} consecutive data, but there are "
+            f"only N={num_data}: no datum would have all its neighbours, so every factor would "
+            f"be free (F-VI, not A-VI). Use offsets spanning fewer than N={num_data} data."
+        )

@@ -15,6 +15,7 @@ from avi.data.prepare import Prepared, prepare_in_memory
 from avi.data.shard import data_mesh, shard_rows
 from avi.errors import AviError
 from avi.families import Family, as_family
+from avi.families.window import check_reach
 from avi.model import Model
 from avi.options import check_bool, check_devices, check_seed
 from avi.vi.algorithm import DEFAULT_LEARNING_RATE, Algorithm, Settings, default_optimizer
@@ -51,6 +52,7 @@ def algorithm_for(
         and learning_rate > 0
     ):
         raise AviError(f"learning_rate={learning_rate!r}: give a positive number.")
+    check_reach(getattr(family, "inputs", None), prepared.traced.layout.num_data)
     rate = None
     if optimizer is None:
         rate = jnp.asarray(
