@@ -91,7 +91,8 @@ def refine(fit: Fit, *args: Any, num_steps: int | None = None, **options: Any) -
     if new_data:
         own = fit_options.get("optimizer")
         fit_options["optimizer"] = _frozen_globals(own if own is not None else default_optimizer())
-        fit_options.setdefault("anneal", own is None)
+        if num_steps is None:  # anneal belongs to the stop rule, which num_steps turns off
+            fit_options.setdefault("anneal", own is None)
     return fit_model(
         fit.traced.model,
         *(args if new_data else fit.args),
