@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import numpyro
 
+from avi.data.boundary import convert_arguments
 from avi.model import Model, trace_model
 from avi.structure.beyond import verify_beyond
 from avi.structure.dependencies import dependencies, local_window
@@ -59,6 +60,7 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
             one that JAX cannot trace, or a log density that is not finite at random points.
         DataError: non-finite data.
     """
+    args, kwargs = convert_arguments(args, kwargs)
     layout = trace_model(model, args, kwargs, plate).layout
     with jax.enable_x64(True), numpyro.validation_enabled(False):
         problem = analysed_problem(model, args, kwargs, layout)
