@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from avi.analysis.compare import Comparison, compare
-from avi.cli.arguments import positive_int as _positive_int
 from avi.data.boundary import convert_arguments
 from avi.errors import AviError
 from avi.families import Amortized, Constant, Factorized, Family, Window
 from avi.families.encoders import MLP, Polynomial
+from avi.options import positive_int_text as _positive_int
 from avi.structure import check
 
 DEFAULT_FAMILIES = "factorized,constant,amortized"

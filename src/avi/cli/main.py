@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from avi.cli.arguments import at_least_two
+from avi.options import at_least_two_text as at_least_two
 
 
 def _demo(args: argparse.Namespace) -> int:

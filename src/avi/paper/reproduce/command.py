@@ -7,8 +7,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from avi.cli.arguments import positive_int
 from avi.errors import AviError
+from avi.options import positive_int_text as positive_int
 from avi.paper.experiments import registry
 from avi.paper.experiments.sizes import DEFAULT_SEEDS, SIZES, check_size
 from avi.paper.reproduce.files import save
