@@ -9,30 +9,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from compile_counter import COUNTER
 
 import avi
-
-_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-class CompileCounter:
-    """Counts XLA compilations through jax.monitoring."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
-        if event == _COMPILE_EVENT:
-            self.count += 1
-
-
-COUNTER = CompileCounter()
 
 
 def data(size: int, seed: int) -> np.ndarray:

@@ -13,26 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compile_counter import COUNTER
 
 import avi
 from avi.paper.experiments import linear
-
-_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-class CompileCounter:
-    """Counts XLA compilations through jax.monitoring."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
-        if event == _COMPILE_EVENT:
-            self.count += 1
-
-
-COUNTER = CompileCounter()
 
 
 def _max_difference(a, b) -> float:
