@@ -177,7 +177,7 @@ def decompose(
         return every, 0
     probes_ = np.asarray(probes)
     index = np.arange(rows.shape[1])
-    dense = nonzero.all(axis=0)
+    dense = _dense(nonzero)
     sparse = nonzero & ~dense[None]
     reach = [abs(int(m) - int(probes_[i])) for i, m, _ in zip(*np.nonzero(sparse), strict=True)]
     start = max(reach, default=0)
@@ -238,13 +238,13 @@ def _robust_decompose(rows: np.ndarray, scale: float) -> tuple[list[tuple[int, i
     the dense columns lie in the span U of the top r <= MAX_SUMMARY_RANK left singular vectors.
     In every other column the rows carrying a local entry are removed greedily (largest
     residual first) until the rest is c_m^T U up to RESIDUAL_RTOL * scale: those rows are its
-    local entries. Entries of columns that are zero in some row are local too, as are those of
+    local entries. Entries of columns zero in half the rows or more are local too, as are those of
     rows non-zero in at most half the columns (a summary's coefficient below rounding there).
     """
     tol = RESIDUAL_RTOL * scale
     nonzero = np.abs(rows) > RTOL * scale
     summary_rows = nonzero.any(axis=2).sum(axis=1) > rows.shape[1] // 2
-    dense = nonzero[summary_rows].all(axis=0) if summary_rows.any() else nonzero[0] & False
+    dense = _dense(nonzero[summary_rows]) if summary_rows.any() else nonzero[0] & False
     matrix = rows[summary_rows][:, dense]  # (P', columns)
     if matrix.shape[1] == 0 or matrix.shape[0] < 2:
         return [], -1
@@ -286,6 +286,17 @@ def _local_rows(values: np.ndarray, basis: np.ndarray, tol: float) -> tuple[int,
     return tuple(range(count))
 
 
+def _dense(nonzero: np.ndarray) -> np.ndarray:
+    """The columns non-zero in more than half the rows (axis 0): a summary's.
+
+    A window's column is non-zero only in the rows of the probes it neighbours; a summary's in
+    every row, except where a row's coefficient on the summary is small enough by chance that
+    one entry reads as zero (below RTOL of the table's largest), which must not make the column
+    a window's reaching across the data.
+    """
+    return nonzero.sum(axis=0) > nonzero.shape[0] // 2
+
+
 def _rank(matrix: np.ndarray) -> tuple[int, np.ndarray]:
     """Numerical rank (singular values above 1e-7 of the largest) and the left basis."""
     if matrix.size == 0:
@@ -312,7 +323,7 @@ def _data_findings(
     terms = {s for s, r in per_site.items() if np.max(np.abs(r), initial=0.0) > RTOL * scale}
     if not along:
         nonzero = np.abs(total) > RTOL * scale
-        dense = nonzero.all(axis=0)
+        dense = _dense(nonzero)
         rank, _ = _rank(total[:, dense])
         if (nonzero & ~dense[None]).any() or rank > MAX_SUMMARY_RANK:
             found.unseen.setdefault((local, source), set()).update(terms)
