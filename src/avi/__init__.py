@@ -12,6 +12,7 @@ from avi.analysis.diagnostics import (
 )
 from avi.analysis.per_datum import per_datum_elbo_draws
 from avi.analysis.refine import refine
+from avi.analysis.reliability import Reliability, reliability
 from avi.analysis.sweep import Sweep, sweep
 from avi.errors import (
     AviError,
@@ -22,10 +23,11 @@ from avi.errors import (
     FamilyError,
     ModelError,
 )
-from avi.families import Amortized, Constant, Factorized, Window
+from avi.families import Amortized, Constant, Diagonal, Factorized, FullRank, LowRank, Window
 from avi.families.encoders import MLP, Polynomial
 from avi.fit import fit
 from avi.result import Estimate, Fit
+from avi.saving import load
 from avi.structure import StructureReport, check
 from avi.vi import History
 
@@ -39,16 +41,20 @@ __all__ = [
     "Constant",
     "ConvergenceWarning",
     "DataError",
+    "Diagonal",
     "DivergenceError",
     "Estimate",
     "Factorized",
     "FamilyError",
     "Fit",
+    "FullRank",
     "GeneralizationGap",
     "GradientNorm",
     "History",
+    "LowRank",
     "ModelError",
     "Polynomial",
+    "Reliability",
     "StructureReport",
     "Sweep",
     "Window",
@@ -57,9 +63,11 @@ __all__ = [
     "factor_gradient_norm",
     "fit",
     "generalization_gap",
+    "load",
     "per_datum_elbo_draws",
     "psis_khat",
     "refine",
+    "reliability",
     "sweep",
     "vi",
     "warn_if_not_amortizable",

@@ -16,9 +16,9 @@ from typing import Any
 import equinox as eqx
 import pandas as pd
 
-from avi.analysis.compare import Comparison, compare
+from avi.analysis.compare import NOT_CONVERGED, Comparison, compare
 from avi.errors import FamilyError
-from avi.families import Amortized, Factorized, Window
+from avi.families import Amortized, Diagonal, Factor, Factorized, Window
 from avi.families.encoders import EncoderSpec
 from avi.model import Model
 
@@ -33,9 +33,12 @@ class Sweep:
     Attributes:
         table: one row per encoder, by number of parameters (fewest first): encoder (its
             name), gap, gap_stderr, verdict, elbo, stderr, steps, wall_time,
-            time_to_convergence, num_parameters (the columns of
+            time_to_convergence, num_parameters, note (the columns of
             :meth:`avi.Comparison.summary`).
-        smallest: the smallest encoder whose gap is closed, as given; None if none closes it.
+        smallest: the smallest encoder whose gap is closed, as given; None if none closes it,
+            or if any encoder's verdict is "reference not converged" (then F-VI, even refined
+            from the best encoder's fit, sits below an encoder, and "closed" against it means
+            nothing).
         comparison: the comparison behind the table (F-VI under ``"F-VI"``).
     """
 
@@ -51,8 +54,10 @@ def encoder_name(encoder: Any, position: int) -> str:
     return f"{type(encoder).__name__}#{position}"
 
 
-def _families(encoders: Sequence[Any], inputs: Window | None) -> dict[str, Amortized]:
-    """name -> Amortized(encoder, inputs), names unique.
+def _families(
+    encoders: Sequence[Any], inputs: Window | None, factor: Factor
+) -> dict[str, Amortized]:
+    """name -> Amortized(encoder, inputs, factor), names unique.
 
     Raises:
         FamilyError: no encoders, or one that is not an encoder.
@@ -72,7 +77,7 @@ def _families(encoders: Sequence[Any], inputs: Window | None) -> dict[str, Amort
         name = encoder_name(encoder, position)
         if name in families:
             raise FamilyError(f"encoders[{position}]={encoder!r} is listed twice.")
-        families[name] = Amortized(encoder, inputs)
+        families[name] = Amortized(encoder, inputs, factor)
     return families
 
 
@@ -81,6 +86,7 @@ def sweep(
     *args: Any,
     encoders: Sequence[Any],
     inputs: Window | None = None,
+    factor: Factor | None = None,
     seeds: int | Sequence[int] = 1,
     eval_particles: int = 1000,
     tolerance: float = 0.0,
@@ -98,6 +104,7 @@ def sweep(
         encoders: encoder specs (``avi.MLP(width)``, ``avi.Polynomial(degree)``) or equinox
             Modules, in any order.
         inputs: the encoders' input (None: the datum; ``avi.Window(offsets)``: a window).
+        factor: the factor of every family, F-VI's included (None: ``avi.Diagonal()``).
         seeds: number of seeds or a list of seeds.
         eval_particles: draws of each final ELBO.
         tolerance: nats of gap forgiven beyond Monte Carlo error (optimisation error: useful
@@ -111,11 +118,12 @@ def sweep(
     Raises:
         FamilyError: no encoders, or an entry that is not an encoder.
     """
-    families = _families(encoders, inputs)
+    factor = Diagonal() if factor is None else factor
+    families = _families(encoders, inputs, factor)
     comparison = compare(
         model,
         *args,
-        families={REFERENCE: Factorized(), **families},
+        families={REFERENCE: Factorized(factor), **families},
         seeds=seeds,
         eval_particles=eval_particles,
         tolerance=tolerance,
@@ -130,5 +138,6 @@ def sweep(
     )
     by_name = dict(zip(families, encoders, strict=True))
     closed = table[table["verdict"] == "closed"]
-    smallest = by_name[closed["encoder"].iloc[0]] if len(closed) else None
+    trusted = not (table["verdict"] == NOT_CONVERGED).any()
+    smallest = by_name[closed["encoder"].iloc[0]] if len(closed) and trusted else None
     return Sweep(table, smallest, comparison)
