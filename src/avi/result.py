@@ -217,12 +217,13 @@ class Fit:
         transform = biject_to(support)
         if support is dist.constraints.real:
             return base
+        # A correlated factor's marginal (MultivariateNormal) has event dimensions already.
         if isinstance(support, dist.constraints.independent) and (
             support.base_constraint is dist.constraints.real
         ):
-            return base.to_event(support.reinterpreted_batch_ndims)
-        if transform.domain.event_dim:
-            base = base.to_event(transform.domain.event_dim)
+            return base.to_event(max(0, support.reinterpreted_batch_ndims - base.event_dim))
+        if transform.domain.event_dim > base.event_dim:
+            base = base.to_event(transform.domain.event_dim - base.event_dim)
         return dist.TransformedDistribution(base, transform)
 
     def sample(

@@ -13,6 +13,13 @@ With draws z = T_lambda(eps) (reparameterization) the local part of the ELBO is
 
 with the entropy H taken from the distribution when it is analytic and as -log q(z) of the
 draws otherwise.
+
+The convergence certificate measures gradients in the factor's Fisher metric
+(:func:`natural_units`, :func:`fisher_product`). A factor whose Fisher is not diagonal in its
+parameters (a full-rank Gaussian) gives them exactly with optional methods ``natural_units``
+and ``fisher_product``; otherwise its diagonal ``fisher`` is the metric. A factor without a
+known Fisher (a flow) returns NaN from ``fisher``: the certificate then reports the gain as
+unknown and never certifies the block.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import numpyro.distributions as dist
 
 
@@ -61,6 +69,29 @@ class Factor(Protocol):
         axis (B,)), its values laid out by ``arrange`` (which maps a (B, piece size) array to
         the site's shape in the model); for :meth:`avi.Fit.posterior`."""
         ...
+
+
+def natural_units(
+    factor: Factor, params: Mapping[str, jax.Array], grads: Mapping[str, jax.Array]
+) -> jax.Array:
+    """A gradient g of the parameters of B factors (leading axis (B,)) as a flat u with
+    1/2 ||u||^2 = 1/2 g^T F^+ g, the gain of a natural-gradient step: the factor's own
+    ``natural_units`` where it has one, else g / sqrt(diag F)."""
+    if hasattr(factor, "natural_units"):
+        return factor.natural_units(params, grads)
+    fisher = factor.fisher(params)
+    return jnp.concatenate([(grads[k] * jax.lax.rsqrt(fisher[k])).ravel() for k in grads])
+
+
+def fisher_product(
+    factor: Factor, params: Mapping[str, jax.Array], tangent: Mapping[str, jax.Array]
+) -> dict[str, jax.Array]:
+    """F t for a tangent t of the parameters of B factors: the factor's own ``fisher_product``
+    where it has one, else diag(F) t."""
+    if hasattr(factor, "fisher_product"):
+        return factor.fisher_product(params, tangent)
+    fisher = factor.fisher(params)
+    return {k: fisher[k] * tangent[k] for k in tangent}
 
 
 def split_outputs(factor: Factor, outputs: tuple[jax.Array, ...]) -> dict[str, jax.Array]:

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from avi.families.factor import fisher_product
+from avi.families.factor import natural_units as factor_units
 from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws
 from avi.vi.problem import Problem, VariationalParams
 
@@ -203,8 +205,8 @@ def _gauss_newton_solve(
 ) -> jax.Array:
     """G^+ r for each row r of ``rhs`` (flattened shared parameters), G = J^T F J of the map
     from the shared local parameters to the factors' parameters lambda_n, F the factor's Fisher
-    (diag(1/s^2, 2) for the diagonal Gaussian), on the problem's data (streamed: the group's
-    subset, scaled to N)."""
+    (diag(1/s^2, 2) for the diagonal Gaussian; :func:`avi.families.factor.fisher_product`), on
+    the problem's data (streamed: the group's subset, scaled to N)."""
     shared = {k: params.local[k] for k in shared_keys}
     trainable, static = eqx.partition(shared, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(trainable)
@@ -216,11 +218,10 @@ def _gauss_newton_solve(
     lam, linear = jax.linearize(factors, flat)
     transpose = jax.linear_transpose(linear, flat)
     rows = problem.layout.num_data / next(iter(lam.values())).shape[0]
-    weight = {k: rows * f for k, f in problem.family.factor.fisher(lam).items()}
 
     def curvature(v: jax.Array) -> jax.Array:
-        tangent = linear(v)
-        (back,) = transpose(jax.tree_util.tree_map(jnp.multiply, weight, tangent))
+        product = fisher_product(problem.family.factor, lam, linear(v))
+        (back,) = transpose(jax.tree_util.tree_map(lambda p: rows * p, product))
         return back
 
     probes = jax.random.rademacher(jax.random.PRNGKey(0), (TRACE_PROBES, flat.size), flat.dtype)
@@ -318,7 +319,7 @@ def certify(
                 vectors["globals"].append(np.asarray(_global_units(grad, params)))
             if free:
                 grads = {name: grad.local[free_keys[name]] for name in free}
-                vectors[table_name].append(np.asarray(natural_units(grads, factor.fisher(free))))
+                vectors[table_name].append(np.asarray(factor_units(factor, free, grads)))
             if shared_keys:
                 pending.append(_flat_shared(grad, shared_keys))
             if len(pending) == GROUPS_PER_SOLVE:
