@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
@@ -20,7 +23,8 @@ from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
 from avi.families import Family, count_parameters
 from avi.model import SiteLayout, TracedModel, trace_model
-from avi.options import check_seed, positive_int
+from avi.model.describe import describe_layout, site_differences
+from avi.options import check_bool, check_seed, positive_int
 from avi.vi import History, State
 from avi.vi.certify import Certificate
 from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws
@@ -59,7 +63,8 @@ class Fit:
 
     Attributes:
         traced: the model traced on the training data.
-        problem: the model, layout, family and data of the compiled step.
+        problem: the model, layout, family and data of the compiled step; None for a fit
+            loaded with :func:`avi.load`, which holds no training data.
         family: the variational family of the local latents.
         state: the final :class:`avi.vi.State` (parameters, optimiser and stop-rule states,
             step count): everything needed to go on from here.
@@ -72,7 +77,7 @@ class Fit:
     """
 
     traced: TracedModel
-    problem: Problem
+    problem: Problem | None
     family: Family
     state: State
     history: History
@@ -93,6 +98,12 @@ class Fit:
         Computed when the stop rule fired, else on first access (fixed ``num_steps`` fits).
         """
         if self.known_certificate is None:
+            if self.certifier is None:
+                raise FamilyError(
+                    "This fit was saved before its certificate was computed (a fit of fixed "
+                    "num_steps computes it on first use) and the training data are not saved: "
+                    "read fit.certificate (or fit.converged) before fit.save to keep it."
+                )
             self.known_certificate = self.certifier(self.params, 0)
         return self.known_certificate
 
@@ -131,17 +142,20 @@ class Fit:
         """Every datum's factor parameters lambda_n, in the factor's order (``(loc, log_scale)``,
         each of shape (N, D_l), for the diagonal Gaussian).
 
-        Without arguments, for the training data; with new data, one encoder pass.
+        Without arguments, for the training data; with new data, one encoder pass. New data
+        lacking a neighbour of the encoder's Window (the first datum for offset -1) get NaN
+        parameters: pass the preceding datum too and drop its row.
 
         Raises:
-            FamilyError: new data with a family that cannot infer them (Factorized), or with
-                data lacking a Window neighbour.
+            FamilyError: new data with a family that cannot infer them (Factorized).
         """
         lam = self._factor_params(*args, **kwargs)
         return tuple(lam[k] for k in self.family.factor.parameters)
 
     def _factor_params(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         if not args and not kwargs:
+            if self.problem is None and self.family.table_keys:
+                return self.family.free_factors(self.params.local)  # F-VI's saved factors
             self._check_in_memory("the training data's factors")
             return self.family.local_params(self.params.local, self.problem.local_data, None)
         if not self.family.infers_new_data:
@@ -160,15 +174,22 @@ class Fit:
                 f"{self.scaling.mean.shape[0]}. Pass arguments of the same shapes as in training."
             )
         local_data = self.family.prepare(features)
-        if bool(jnp.any(local_data.free_slot >= 0)):
-            raise FamilyError(
-                "Some new data lack a neighbour of the encoder's Window (e.g. the first datum "
-                "for offset -1); their factors are free parameters that one encoder pass cannot "
-                "give. Pass the preceding data too and drop those rows from the result."
-            )
-        return self.family.local_params(self.params.local, local_data, None)
+        # New data lacking a Window neighbour have no factor the encoder can give (training
+        # gave such data free factors): their parameters are NaN.
+        lacking = local_data.free_slot >= 0
+        served = local_data._replace(free_slot=jnp.full_like(local_data.free_slot, -1))
+        lam = self.family.local_params(self.params.local, served, None)
+        return {
+            k: jnp.where(lacking.reshape((-1,) + (1,) * (v.ndim - 1)), jnp.nan, v)
+            for k, v in lam.items()
+        }
 
     def _check_in_memory(self, what: str) -> None:
+        if self.problem is None:
+            raise FamilyError(
+                f"This fit was loaded (avi.load) without its training data, so {what} are not "
+                "available; pass data, e.g. fit.posterior(x_new)."
+            )
         if self.streamed:
             raise FamilyError(
                 f"This fit streamed its data from a memory map, so {what} are not held in memory; "
@@ -181,6 +202,9 @@ class Fit:
         Each site gets its factor's marginal (``Normal(loc, scale)`` for the diagonal
         Gaussian); a constrained site gets it pushed through ``biject_to(support)``. Local
         sites keep the model's layout (the data plate's axis where the model puts it).
+
+        New data lacking a neighbour of the encoder's Window get NaN parameters (see
+        :meth:`local_factors`).
 
         Args:
             *args: new data (same signature as the model); none for the training data.
@@ -199,6 +223,9 @@ class Fit:
                 q_global, piece, lambda a, s=site: a[0].reshape(s.unconstrained_shape)
             )
             result[site.name] = self._site_distribution(site, base)
+        # NaN rows (new data lacking a Window neighbour) would fail NumPyro's validation.
+        unserved = any(bool(jnp.isnan(v).any()) for v in lam.values())
+        unchecked = numpyro.validation_enabled(False) if unserved else contextlib.nullcontext()
         for site in layout.locals:
             piece = slice(site.offset, site.offset + site.size)
 
@@ -207,8 +234,9 @@ class Fit:
                     a.reshape((a.shape[0], *s.unconstrained_shape)), 0, s.plate_axis
                 )
 
-            base = self.family.factor.marginal(lam, piece, arrange)
-            result[site.name] = self._site_distribution(site, base)
+            with unchecked:
+                base = self.family.factor.marginal(lam, piece, arrange)
+                result[site.name] = self._site_distribution(site, base)
         return result
 
     def _site_distribution(self, site: SiteLayout, base: dist.Distribution) -> dist.Distribution:
@@ -270,6 +298,22 @@ class Fit:
         ]
         return np.concatenate(draws)[:num_particles]
 
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the fit into the folder ``path``, without pickle and without the training
+        data: a JSON description and the arrays (:mod:`avi.saving`); ``avi.load(path, model)``
+        gives it back.
+
+        Args:
+            path: a folder (created if needed).
+            overwrite: replace a fit saved there before.
+
+        Returns:
+            The folder.
+        """
+        from avi.saving import save_fit  # avi.saving builds Fits: imported on use
+
+        return save_fit(self, path, overwrite=check_bool("overwrite", overwrite))
+
     def to_arviz(self, num_samples: int = 1000, seed: int = 0):
         """The variational posterior as an ``arviz.InferenceData`` (one chain of draws)."""
         with warnings.catch_warnings():
@@ -289,12 +333,10 @@ _full_data_draws = eqx.filter_jit(
 
 
 def _check_same_sites(trained: TracedModel, new: TracedModel) -> None:
-    def signature(t: TracedModel):
-        return [(s.name, s.unconstrained_shape) for s in t.layout.globals + t.layout.locals]
-
-    if signature(trained) != signature(new):
+    differences = site_differences(describe_layout(trained), new)
+    if differences:
         raise FamilyError(
-            "The model traced on the new data has different latent sites or shapes than in "
-            f"training ({signature(new)} vs {signature(trained)}). Pass new data of the same "
-            "kind (same per-datum shapes)."
+            "The model traced on the new data does not match the fitted one: "
+            f"{'; '.join(differences)}. Pass new data of the same kind (same per-datum shapes) "
+            "to the model the fit was trained on."
         )
