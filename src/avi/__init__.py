@@ -28,7 +28,6 @@ from avi.families.encoders import MLP, Polynomial
 from avi.fit import fit
 from avi.result import Estimate, Fit
 from avi.saving import load
-from avi.saving import load
 from avi.structure import StructureReport, check
 from avi.vi import History
 
@@ -64,7 +63,6 @@ __all__ = [
     "factor_gradient_norm",
     "fit",
     "generalization_gap",
-    "load",
     "load",
     "per_datum_elbo_draws",
     "psis_khat",
