@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from avi.paper.experiments import registry
-from avi.paper.reproduce import closes, reproduce, run_experiment
+from avi.paper.reproduce import fit_verdict, reproduce, run_experiment
 
 TinyRun = Callable[[str], Path]
 """Experiment name -> the output directory holding its tiny run (and REPORT.md)."""
@@ -69,7 +69,8 @@ def _fake_fits(gaps: dict[str, list[float]]) -> pd.DataFrame:
         for seed, gap in enumerate(values):
             rows.append({
                 "family": family, "seed": seed, "elbo": -100.0 - gap, "elbo_se": 0.1, "gap": gap,
-                "gap_se": 0.1, "closed": closes(gap, 0.1, -100.0), "num_steps": 100,
+                "gap_se": 0.1, "verdict": fit_verdict(gap, 0.1, -100.0), "reference_lift": 0.0,
+                "num_steps": 100,
                 "wall_time": 1.0, "num_parameters": 3, "steps_1pct": 40.0, "time_1pct": 0.4,
                 "steps_strict": math.inf, "time_strict": math.inf, "strict_threshold": 0.01,
             })  # fmt: skip

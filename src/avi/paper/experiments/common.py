@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optax
+import numpy as np
 import pandas as pd
 
 from avi.families import Factorized, Family
@@ -177,7 +178,8 @@ def speed_claim(summary: pd.DataFrame, label: str, paper: str, paper_ratio: floa
     """
     reference = family_row(summary, REFERENCE_LABEL)["median_steps_1pct"]
     candidate = family_row(summary, label)["median_steps_1pct"]
-    ratio = reference / candidate
+    with np.errstate(invalid="ignore"):  # never / never: no ratio
+        ratio = np.float64(reference) / np.float64(candidate)
     measured = (
         f"median iterations to 1%: {label} {_steps(candidate)}, F-VI {_steps(reference)}; "
         f"ratio {ratio:.2f} (paper {paper_ratio:.2g})"

@@ -1,4 +1,4 @@
-"""Scoring rules of one fit: its gap to F-VI, whether it closes, and when its path converges.
+"""Scoring rules of one fit: its gap to F-VI, its verdict, and when its path converges.
 
 The paired gap itself (mean and standard error of the per-draw differences) is
 :func:`avi.analysis.compare.paired_gap`; this module decides what a gap and a path mean.
@@ -11,14 +11,15 @@ import math
 import numpy as np
 import pandas as pd
 
+from avi.analysis.compare import verdict
+from avi.result import Estimate
+
 EVAL_SEED = 10_000
 """Seed s evaluates every family's final ELBO with the draws of seed EVAL_SEED + s."""
 PAPER_FRACTION = 0.01
 """The paper's convergence criterion: loss within 1% of F-VI's converged loss."""
 STRICT_NATS_PER_DATUM = 1e-4
 """The strict criterion: ELBO within 1e-4 nats per datum of F-VI's converged ELBO."""
-VERDICT_STDERRS = 2.0
-"""A fit closes the gap when the gap is at most this many standard errors."""
 
 
 def compile_free_times(times: np.ndarray) -> np.ndarray:
@@ -75,7 +76,8 @@ def convergence(path: pd.DataFrame, reference: float, strict_tolerance: float) -
     }
 
 
-def closes(gap: float, stderr: float, elbo: float) -> bool:
-    """Whether a gap is within Monte Carlo error (the stderr floored at float32 resolution)."""
+def fit_verdict(gap: float, stderr: float, elbo: float) -> str:
+    """One fit's two-sided verdict (:func:`avi.analysis.compare.verdict`: "closed", "open" or
+    "reference not converged"), the stderr floored at the ELBO's float32 resolution."""
     resolution = float(np.finfo(np.float32).eps) * abs(elbo)
-    return gap <= VERDICT_STDERRS * max(stderr, resolution)
+    return verdict(Estimate(gap, max(stderr, resolution)))

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from avi.analysis.compare import seeds_verdict
 from avi.paper.experiments.common import FamilySpec
 
 FIT_COLUMNS: tuple[str, ...] = (
-    "family", "seed", "elbo", "elbo_se", "gap", "gap_se", "closed", "num_steps", "wall_time",
-    "num_parameters", "steps_1pct", "time_1pct", "steps_strict", "time_strict", "strict_threshold",
+    "family", "seed", "elbo", "elbo_se", "gap", "gap_se", "verdict", "reference_lift",
+    "num_steps", "wall_time", "num_parameters", "steps_1pct", "time_1pct", "steps_strict", "time_strict", "strict_threshold",
 )  # fmt: skip
 """The columns every fit has; any other column is an experiment's metric, averaged over seeds."""
 
@@ -29,9 +30,10 @@ def expected(spec: FamilySpec) -> str:
     return "closed" if spec.expect_closed else "open"
 
 
-def family_verdict(closed: pd.Series) -> str:
-    """ "closed" when the fits close the gap in at least half of the seeds."""
-    return "closed" if 2 * int(closed.sum()) >= len(closed) else "open"
+def family_verdict(verdicts: pd.Series) -> str:
+    """The verdict over seeds (:func:`avi.analysis.compare.seeds_verdict`): the seeds' common
+    verdict, "reference not converged" if any seed's, else "seeds disagree"."""
+    return seeds_verdict(list(verdicts))
 
 
 def _criteria(own: pd.DataFrame) -> dict[str, float | int]:
@@ -56,7 +58,7 @@ def summarize(families: Sequence[FamilySpec], fits: pd.DataFrame) -> pd.DataFram
     rows = []
     for spec in families:
         own = fits[fits["family"] == spec.label]
-        verdict = "reference" if spec.expect_closed is None else family_verdict(own["closed"])
+        verdict = "reference" if spec.expect_closed is None else family_verdict(own["verdict"])
         rows.append(
             {
                 "family": spec.label,
@@ -71,7 +73,8 @@ def summarize(families: Sequence[FamilySpec], fits: pd.DataFrame) -> pd.DataFram
                 "elbo_sd_seeds": float(own["elbo"].std(ddof=1)) if len(own) > 1 else math.nan,
                 "gap": float(own["gap"].median()),
                 "gap_se": float(own["gap_se"].median()),
-                "closed_seeds": int(own["closed"].sum()),
+                "closed_seeds": int((own["verdict"] == "closed").sum()),
+                "reference_lift": float(own["reference_lift"].mean()),
                 "verdict": verdict,
                 "agrees": ""
                 if verdict == "reference"
