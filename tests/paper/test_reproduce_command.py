@@ -1,4 +1,4 @@
-"""``avi reproduce`` (avi.paper.reproduce.command): parsing and dispatch, in this process."""
+"""``avi reproduce`` (avi.cli.paper): parsing and dispatch, in this process."""
 
 from __future__ import annotations
 
@@ -30,12 +30,27 @@ def test_command_line_dispatches_to_reproduce(
         return tmp_path / "REPORT.md"
 
     monkeypatch.setattr(command, "reproduce", fake)
-    argv = ["reproduce", "saw", "--quick", "--seeds", "3", "--out", str(tmp_path)]
+    argv = ["reproduce", "saw", "--quick", "--num-seeds", "3", "--out", str(tmp_path)]
     assert cli.main([*argv, "--no-progress"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "REPORT.md")
     ((name, size, seeds, out, data, _log, line),) = calls
     assert (name, size, seeds, out, data) == ("saw", "quick", 3, tmp_path, None)
-    assert line == f"avi reproduce saw --size quick --seeds 3 --out {tmp_path}"
+    assert line == f"avi reproduce saw --size quick --num-seeds 3 --out {tmp_path}"
+
+
+def test_old_option_spellings_still_work_and_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(command, "reproduce", lambda *args, force: calls.append(args) or tmp_path)
+    argv = ["reproduce", "hmm", "--seeds", "2", "--data", str(tmp_path), "--out", str(tmp_path)]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    ((_, _, seeds, _, images, _, line),) = calls
+    assert (seeds, images) == (2, tmp_path)
+    assert "--num-seeds 2" in line and f"--fashion-mnist {tmp_path}" in line
+    err = capsys.readouterr().err
+    assert "--seeds is deprecated; write --num-seeds" in err
+    assert "--data is deprecated; write --fashion-mnist" in err
 
 
 def test_seed_counts_are_checked(capsys: pytest.CaptureFixture[str]):

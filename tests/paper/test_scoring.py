@@ -10,10 +10,10 @@ import pytest
 
 from avi.analysis.compare import paired_gap
 from avi.paper.reproduce.scoring import (
-    fit_verdict,
     compile_free_times,
     convergence,
     first_reach,
+    fit_verdict,
     path_noise,
 )
 

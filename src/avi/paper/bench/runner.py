@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -319,11 +318,3 @@ def run(quick: bool, out: Path) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     write_report(results, out)
     return results
-
-
-def add_bench_command(commands: argparse._SubParsersAction) -> None:
-    """Register ``avi bench [--quick] [--out DIR]``."""
-    bench = commands.add_parser("bench", help="benchmarks against NumPyro; writes RESULTS.md")
-    bench.add_argument("--quick", action="store_true", help="N = 10^4 only, one repeat")
-    bench.add_argument("--out", type=Path, default=Path("benchmarks"), help="output folder")
-    bench.set_defaults(handler=lambda args: (run(args.quick, args.out), 0)[1])

@@ -17,8 +17,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import optax
 import numpy as np
+import optax
 import pandas as pd
 
 from avi.families import Factorized, Family
