@@ -8,7 +8,6 @@ is not True) or a traceback after the fit has run. numpy scalars (``np.int64(5)`
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -202,32 +201,3 @@ class GuardedCallback:
         )
         failure.fit = fitted
         raise failure from self.error
-
-
-# ------------------------------------------------ argparse types of the command lines
-
-
-def positive_int_text(text: str) -> int:
-    """An argparse type: an integer of at least 1.
-
-    Raises:
-        argparse.ArgumentTypeError: ``text`` is below 1 (argparse names the option).
-        ValueError: ``text`` is not an integer (argparse reports it as an invalid value).
-    """
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def at_least_two_text(text: str) -> int:
-    """An argparse type: an integer of at least 2 (a sample size whose spread is defined).
-
-    Raises:
-        argparse.ArgumentTypeError: ``text`` is below 2.
-        ValueError: ``text`` is not an integer.
-    """
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"{text}: give at least 2 data")
-    return value

@@ -1,161 +1,59 @@
 """``avi check`` and ``avi compare``: the structure verdict and the gap table from the shell.
 
-    avi check FILE.py:NAME --data DATA.npz
-    avi compare FILE.py:NAME --data DATA.npz [--families factorized,constant,mlp:16]
+    avi check FILE.py:NAME --data DATA
+    avi compare FILE.py:NAME --data DATA [--families factorized,constant,mlp:16]
 
-``FILE.py:NAME`` names a NumPyro model function in a Python file. ``DATA.npz`` (``numpy.savez``)
-holds the model's arguments: the positional ones under ``arg0``, ``arg1``, ... and the keyword
-ones under their names; 0-d arrays are passed as Python scalars.
+``FILE.py:NAME`` names a NumPyro model function in a Python file; ``DATA`` is an .npz, .npy or
+.csv file of the model's arguments (:mod:`avi.cli.inputs`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
-import sys
-import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from avi.analysis.compare import Comparison, compare
+from avi.cli.common import (
+    add_eval_particles,
+    add_model_arguments,
+    add_num_seeds,
+    add_progress,
+    handled,
+    positive_int,
+)
+from avi.cli.inputs import (
+    FAMILY_TOKENS,
+    Arguments,
+    check_signature,
+    load_data,
+    load_model,
+    parse_families,
+    parse_window,
+)
 from avi.data.boundary import convert_arguments
 from avi.errors import AviError
-from avi.families import Amortized, Constant, Factorized, Family, Window
-from avi.families.encoders import MLP, Polynomial
-from avi.options import positive_int_text as _positive_int
 from avi.structure import check
 
+__all__ = ["add_analysis_commands", "parse_families"]
+
 DEFAULT_FAMILIES = "factorized,constant,amortized"
-_POSITIONAL = re.compile(r"arg(\d+)")
 
 
-def load_model(spec: str) -> Callable[..., Any]:
-    """The function NAME of the Python file FILE for ``spec = "FILE.py:NAME"``.
-
-    Raises:
-        AviError: no ':' in ``spec``, a missing file, a file that fails to import, or no
-            callable NAME in it.
-    """
-    path_text, separator, name = spec.rpartition(":")
-    if not separator or not path_text or not name:
-        raise AviError(f"model {spec!r}: write FILE.py:NAME, e.g. my_model.py:model.")
-    path = Path(path_text)
-    if not path.is_file():
-        raise AviError(f"model {spec!r}: no file {path}.")
-    module_spec = importlib.util.spec_from_file_location(f"avi_user_model_{path.stem}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise AviError(f"model {spec!r}: {path} is not a Python file.")
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as error:  # the user's file can raise anything; we add context
-        raise AviError(
-            f"model {spec!r}: importing {path} failed: {type(error).__name__}: {error}"
-        ) from error
-    function = getattr(module, name, None)
-    if not callable(function):
-        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise AviError(
-            f"model {spec!r}: {path} has no function {name!r} (its functions: "
-            f"{', '.join(found) or 'none'})."
-        )
-    return function
-
-
-def load_data(path: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The model's (positional, keyword) arguments stored in an .npz file.
-
-    Raises:
-        AviError: a missing or unreadable file, or positional arguments with a hole
-            (``arg0`` and ``arg2`` without ``arg1``).
-    """
-    if not Path(path).is_file():
-        raise AviError(f"--data {path}: cannot read it as an .npz (or .npy) file: no such file.")
-    try:
-        with open(path, "rb") as handle:  # numpy leaves its own handle open on a bad zip
-            loaded = np.load(handle, allow_pickle=False)
-            if isinstance(loaded, np.ndarray):  # a .npy file: the model's only argument
-                return (loaded,), {}
-            with loaded as stored:
-                arrays = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
-        if "pickled" in str(error):
-            error = ValueError("it is not a numpy file (a text file or a pickle?)")
-        raise AviError(
-            f"--data {path}: cannot read it as an .npz (or .npy) file ({type(error).__name__}: "
-            f"{error}). Write the model's arguments with numpy.savez(path, arg0=x, y=y) (or one "
-            "array with numpy.save); text files and pickles are not read."
-        ) from error
-    values = {k: v.item() if v.ndim == 0 else v for k, v in arrays.items()}
-    positions = {int(m.group(1)): k for k in values if (m := _POSITIONAL.fullmatch(k))}
-    if sorted(positions) != list(range(len(positions))):
-        raise AviError(
-            f"--data {path}: positional arguments must be arg0, arg1, ... without gaps; "
-            f"found {', '.join(positions[i] for i in sorted(positions))}."
-        )
-    args = tuple(values[positions[i]] for i in range(len(positions)))
-    kwargs = {k: v for k, v in values.items() if k not in positions.values()}
-    return args, kwargs
-
-
-def parse_window(text: str | None) -> Window | None:
-    """``"-1,0"`` -> ``Window(offsets=(-1, 0))``; None -> None.
-
-    Raises:
-        AviError: not a comma-separated list of integers.
-    """
-    if text is None:
-        return None
-    try:
-        return Window(offsets=tuple(int(part) for part in text.split(",")))
-    except ValueError as error:
-        raise AviError(
-            f"--window {text!r}: give comma-separated integer offsets, e.g. -1,0."
-        ) from error
-
-
-def parse_family(token: str, window: Window | None) -> Family:
-    """One family of ``--families``: factorized, constant, amortized, mlp:WIDTH, poly:DEGREE.
-
-    Raises:
-        AviError: an unknown token or a bad number.
-    """
-    kind, _, number = token.strip().lower().partition(":")
-    try:
-        if kind == "factorized" and not number:
-            return Factorized()
-        if kind == "constant" and not number:
-            return Constant()
-        if kind == "amortized" and not number:
-            return Amortized(inputs=window)
-        if kind == "mlp" and number:
-            return Amortized(MLP(width=int(number)), window)
-        if kind in ("poly", "polynomial") and number:
-            return Amortized(Polynomial(degree=int(number)), window)
-    except ValueError as error:
-        raise AviError(f"--families: {token!r} needs an integer after ':'.") from error
-    raise AviError(
-        f"--families: unknown family {token!r}; use factorized, constant, amortized, mlp:WIDTH "
-        "or poly:DEGREE, separated by commas."
-    )
-
-
-def parse_families(text: str, window: Window | None) -> dict[str, Family]:
-    """``--families`` as name -> family (the tokens are the names)."""
-    tokens = [t.strip() for t in text.split(",") if t.strip()]
-    if not tokens:
-        raise AviError(f"--families {text!r}: name at least one family.")
-    return {token: parse_family(token, window) for token in tokens}
+def model_and_data(args: argparse.Namespace) -> tuple[object, Arguments]:
+    """The model of ``args.model`` and its arguments from ``args.data``, checked against its
+    signature."""
+    model = load_model(args.model)
+    arguments = load_data(args.data)
+    check_signature(model, arguments, f"--data {args.data}")
+    return model, arguments
 
 
 def _check(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
-    model_args, model_kwargs = convert_arguments(*load_data(args.data))
+    model, arguments = model_and_data(args)
+    model_args, model_kwargs = convert_arguments(*arguments)
     report = check(model, *model_args, plate=args.plate, **model_kwargs)
     print(f"verdict: {report.verdict}")
     print(f"encoder inputs (offsets): {report.inputs}")
@@ -167,8 +65,7 @@ def _compare(args: argparse.Namespace) -> int:
     figures = None if args.figures is None else Path(args.figures)
     if figures is not None and figures.exists() and not figures.is_dir():
         raise AviError(f"--figures {figures}: it is a file; give a folder for the figures.")
-    model = load_model(args.model)
-    model_args, model_kwargs = load_data(args.data)
+    model, (model_args, model_kwargs) = model_and_data(args)
     families = parse_families(args.families, parse_window(args.window))
     given = {"num_steps": args.num_steps, "max_steps": args.max_steps, "plate": args.plate}
     options = {k: v for k, v in given.items() if v is not None}
@@ -176,7 +73,7 @@ def _compare(args: argparse.Namespace) -> int:
         model,
         *model_args,
         families=families,
-        seeds=args.seeds,
+        seeds=args.num_seeds,
         eval_particles=args.eval_particles,
         tolerance=args.tolerance,
         progress=args.progress,
@@ -186,18 +83,11 @@ def _compare(args: argparse.Namespace) -> int:
     if comparison.added_reference:
         name = comparison.reference
         print(f"No family is factorized: added avi.Factorized() as the reference {name!r}.")
-    summary = comparison.summary()
-    notes = summary.pop("note")
     with pd.option_context("display.width", 200, "display.max_columns", None):
-        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    for family, note in zip(summary["family"], notes, strict=True):
-        if note:
-            print(f"note on {family}: {note}")
+        print(comparison.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(
-        f"gap: ELBO of {comparison.reference} minus the family's, paired draws. Per seed: "
-        f"closed when |gap| <= 2 standard errors + {args.tolerance:g} nats, open above, "
-        "'reference not converged' below (Prop. 2.1); over seeds: their common verdict, else "
-        "'seeds disagree'."
+        f"gap: ELBO of {comparison.reference} minus the family's, paired draws; closed when at "
+        f"most 2 standard errors + {args.tolerance:g} nats."
     )
     if figures is not None:
         _save_figures(comparison, figures)
@@ -214,30 +104,15 @@ def _save_figures(comparison: Comparison, directory: Path) -> None:
     print(f"figures written to {directory}")
 
 
-def _handled(
-    command: str, handler: Callable[[argparse.Namespace], int]
-) -> Callable[[argparse.Namespace], int]:
-    """``handler`` with errors a user causes printed as one line and exit status 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except AviError as error:
-            print(f"avi {command}: error: {error}", file=sys.stderr)
-            return 2
-
-    return run
-
-
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="FILE.py:NAME", help="the model function NAME in FILE.py")
+def add_window(parser: argparse.ArgumentParser) -> None:
+    """``--window OFFSETS`` of the amortized families."""
     parser.add_argument(
-        "--data",
-        required=True,
-        metavar="DATA.npz",
-        help="the model's arguments: arg0, arg1, ... positional, others by name",
+        "--window",
+        default=None,
+        metavar="OFFSETS",
+        help="the encoder also sees these neighbours of each datum, e.g. --window=-1,0 "
+        "(the previous datum and the datum; see avi check's offsets)",
     )
-    parser.add_argument("--plate", default=None, help="name of the data plate, if ambiguous")
 
 
 def add_analysis_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -246,46 +121,41 @@ def add_analysis_commands(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="can amortized VI match factorized VI on this model? (Theorem 3.4)",
         description="Print avi.check's verdict, the encoder's input offsets and the explanation.",
+        epilog="example: avi check my_model.py:model --data data.csv",
     )
-    _model_arguments(check_parser)
-    check_parser.set_defaults(handler=_handled("check", _check))
+    add_model_arguments(check_parser)
+    check_parser.set_defaults(handler=handled("check", _check))
 
     compare_parser = subparsers.add_parser(
         "compare",
         help="fit several families and print the amortization-gap table",
         description=(
-            "Fit each family (plus F-VI if none is factorized) and print avi.analysis.compare's summary."
+            "Fit each family (plus F-VI if none is factorized) and print avi.analysis.compare's "
+            "summary: each family's ELBO, its gap to F-VI and whether the gap is closed."
         ),
+        epilog="example: avi compare my_model.py:model --data data.csv --families factorized,mlp:16",
     )
-    _model_arguments(compare_parser)
+    add_model_arguments(compare_parser)
     compare_parser.add_argument(
         "--families",
         default=DEFAULT_FAMILIES,
-        help="comma-separated: factorized, constant, amortized, mlp:WIDTH, poly:DEGREE "
-        f"(default {DEFAULT_FAMILIES})",
+        help=f"comma-separated: {FAMILY_TOKENS} (default {DEFAULT_FAMILIES})",
     )
-    compare_parser.add_argument(
-        "--window",
-        default=None,
-        metavar="OFFSETS",
-        help="encoder input window for the amortized families, e.g. --window=-1,0",
-    )
-    compare_parser.add_argument("--seeds", type=_positive_int, default=1)
+    add_window(compare_parser)
+    add_num_seeds(compare_parser, 1, "fit each family with seeds 0 .. S-1 (default 1)")
     compare_parser.add_argument(
         "--num-steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="fixed steps per fit (default: the stop rule)",
     )
     compare_parser.add_argument(
         "--max-steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="step cap of the stop rule (default: avi.fit's)",
     )
-    compare_parser.add_argument(
-        "--eval-particles", type=_positive_int, default=1000, help="draws of each final ELBO"
-    )
+    add_eval_particles(compare_parser)
     compare_parser.add_argument(
         "--tolerance",
         type=float,
@@ -299,5 +169,5 @@ def add_analysis_commands(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also write elbo.png and per-datum gap histograms to DIR",
     )
-    compare_parser.add_argument("--no-progress", dest="progress", action="store_false")
-    compare_parser.set_defaults(handler=_handled("compare", _compare))
+    add_progress(compare_parser)
+    compare_parser.set_defaults(handler=handled("compare", _compare))
