@@ -140,7 +140,7 @@ def test_natural_units_and_fisher_products_are_the_gaussian_fisher(factor, momen
     lam = random_params(factor, dim, rows, seed=0)
     grads = random_params(factor, dim, rows, seed=1)
     tangent = random_params(factor, dim, rows, seed=2)
-    units = np.asarray(factor.natural_units(lam, grads), np.float64).reshape(rows, -1)
+    units = np.asarray(factor.natural_units(lam, grads), np.float64)
     products = factor.fisher_product(lam, tangent)
     diagonal = factor.fisher(lam)
     for n in range(rows):
@@ -220,7 +220,7 @@ def test_a_linear_encoder_with_a_full_rank_factor_finds_the_exact_posterior(smal
     assert fit.converged, fit.certificate
 
 
-def test_compare_refine_and_sweep_accept_a_full_rank_factor(small):
+def test_compare_refine_sweep_and_reliability_accept_a_full_rank_factor(small):
     model = make_model(W2)
     comparison = avi.compare(
         model,
@@ -243,6 +243,8 @@ def test_compare_refine_and_sweep_accept_a_full_rank_factor(small):
     )
     refined = avi.refine(fit, num_steps=50)
     assert isinstance(refined.family.factor, avi.FullRank)
+    flags = avi.reliability(fit, simulate(W2, 20, seed=5))
+    assert flags.gain.shape == (20,) and np.all(np.isfinite(flags.gain))
     sweep = avi.sweep(
         model,
         small,

@@ -23,7 +23,16 @@ from avi.errors import (
     FamilyError,
     ModelError,
 )
-from avi.families import Amortized, Constant, Diagonal, Factorized, FullRank, LowRank, Window
+from avi.families import (
+    Amortized,
+    Constant,
+    Diagonal,
+    Factorized,
+    Flow,
+    FullRank,
+    LowRank,
+    Window,
+)
 from avi.families.encoders import MLP, Polynomial
 from avi.fit import fit
 from avi.result import Estimate, Fit
@@ -47,6 +56,7 @@ __all__ = [
     "Factorized",
     "FamilyError",
     "Fit",
+    "Flow",
     "FullRank",
     "GeneralizationGap",
     "GradientNorm",

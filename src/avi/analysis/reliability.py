@@ -42,6 +42,7 @@ from avi.analysis.per_datum import check_count, on_data
 from avi.data.boundary import convert_arguments
 from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
+from avi.families.factor import natural_units
 from avi.model import trace_model
 from avi.result import Fit
 from avi.vi.elbo import elbo_draws
@@ -120,20 +121,28 @@ def per_datum_gain(
     """Delta_n and its standard error for every datum of ``args`` (none: the training data)."""
     on = on_data(fit, args, kwargs)
     grads = _gradients(jax.random.PRNGKey(seed), on.params, on.problem, draws_per_group)
-    fisher = fit.family.factor.fisher(on.params.local)
-    # weighted cross products per group: w_k = g^(k) F^-1, summed over each datum's coordinates
-    leaves = [
-        (np.asarray(grads[name], np.float64), np.asarray(fisher[name], np.float64))
-        for name in fit.family.factor.parameters
-    ]
-    total = sum(g.sum(0) ** 2 / f for g, f in leaves)  # (sum_k g_k)^2 / F
-    squares = sum((g**2).sum(0) / f for g, f in leaves)  # sum_k g_k^2 / F
+    # each group's gradient in the factor's Fisher units: u_k . u_j = g^(k) F^+ g^(j) per datum
+    u = np.stack(
+        [
+            np.asarray(
+                natural_units(
+                    fit.family.factor,
+                    on.params.local,
+                    jax.tree_util.tree_map(lambda g, k=k: g[k], grads),
+                ),
+                np.float64,
+            )
+            for k in range(GROUPS)
+        ]
+    )
+    total = u.sum(0) ** 2  # (sum_k u_k)^2
+    squares = (u**2).sum(0)  # sum_k u_k^2
     gain = 0.5 * _per_datum(total - squares) / (GROUPS * (GROUPS - 1))
     # jackknife: leave group j out
     leave_out = []
     for j in range(GROUPS):
-        total_j = sum((g.sum(0) - g[j]) ** 2 / f for g, f in leaves)
-        squares_j = sum(((g**2).sum(0) - g[j] ** 2) / f for g, f in leaves)
+        total_j = (u.sum(0) - u[j]) ** 2
+        squares_j = (u**2).sum(0) - u[j] ** 2
         leave_out.append(0.5 * _per_datum(total_j - squares_j) / ((GROUPS - 1) * (GROUPS - 2)))
     leave_out = np.stack(leave_out)
     stderr = np.sqrt((GROUPS - 1) / GROUPS * np.sum((leave_out - leave_out.mean(0)) ** 2, axis=0))
@@ -197,6 +206,12 @@ def reliability(
         raise AviError(f"quantile={quantile!r}: give a probability in (0, 1].")
     fit._check_in_memory("the training data (which set the threshold)")
     training, _ = per_datum_gain(fit, (), {}, draws_per_group, seed)
+    if np.all(np.isnan(training)):
+        raise FamilyError(
+            f"reliability(fit, new data) measures gains in the factor's Fisher metric, which "
+            f"{fit.family.factor!r} does not have; compare the fit's ELBO on the new data with "
+            "avi.refine(fit, *new_data)'s instead."
+        )
     threshold = max(float(floor), float(np.nanquantile(training, quantile)))
     gain, stderr = per_datum_gain(fit, args, kwargs, draws_per_group, seed + 1)
     seen = _features(fit, (), {})

@@ -1,7 +1,8 @@
 """Variational families of the local latents (the global factor q(theta) is shared by all).
 
 A family is a factor (:mod:`avi.families.factor`; :class:`Diagonal` is the paper's,
-:class:`FullRank` and :class:`LowRank` correlate a datum's coordinates) and a rule
+:class:`FullRank` and :class:`LowRank` correlate a datum's coordinates, :class:`Flow` is a
+spline flow) and a rule
 giving each datum its factor's parameters (:mod:`avi.families.protocol`): free per datum
 (:class:`Factorized`), shared (:class:`Constant`) or from an encoder (:class:`Amortized`, with
 :class:`MLP` or :class:`Polynomial` encoders and optional :class:`Window` inputs).
@@ -17,6 +18,7 @@ from avi.families.diagonal import INIT_LOG_SCALE, Diagonal
 from avi.families.encoders import MLP, EncoderSpec, Polynomial
 from avi.families.factor import Factor
 from avi.families.factorized import Constant, Factorized
+from avi.families.flow import Flow
 from avi.families.fullrank import FullRank
 from avi.families.lowrank import LowRank
 from avi.families.protocol import Family, LocalData, LocalFamily, count_parameters
@@ -32,6 +34,7 @@ __all__ = [
     "Factor",
     "Factorized",
     "Family",
+    "Flow",
     "FullRank",
     "LocalData",
     "LocalFamily",

@@ -74,13 +74,14 @@ class Factor(Protocol):
 def natural_units(
     factor: Factor, params: Mapping[str, jax.Array], grads: Mapping[str, jax.Array]
 ) -> jax.Array:
-    """A gradient g of the parameters of B factors (leading axis (B,)) as a flat u with
-    1/2 ||u||^2 = 1/2 g^T F^+ g, the gain of a natural-gradient step: the factor's own
-    ``natural_units`` where it has one, else g / sqrt(diag F)."""
+    """A gradient g of the parameters of B factors (leading axis (B,)) as rows u_n (B, P) with
+    1/2 ||u_n||^2 = 1/2 g_n^T F_n^+ g_n, the gain of a natural-gradient step on datum n's
+    factor: the factor's own ``natural_units`` where it has one, else g / sqrt(diag F)."""
     if hasattr(factor, "natural_units"):
         return factor.natural_units(params, grads)
     fisher = factor.fisher(params)
-    return jnp.concatenate([(grads[k] * jax.lax.rsqrt(fisher[k])).ravel() for k in grads])
+    units = [grads[k] * jax.lax.rsqrt(fisher[k]) for k in grads]
+    return jnp.concatenate([u.reshape(u.shape[0], -1) for u in units], axis=1)
 
 
 def fisher_product(

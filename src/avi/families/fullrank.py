@@ -100,7 +100,7 @@ class FullRank:
             jnp.diagonal(g_m, axis1=-2, axis2=-1) / jnp.sqrt(2.0),
             g_m[..., rows[below], cols[below]],
         )
-        return jnp.concatenate([u.reshape(u.shape[0], -1) for u in units], axis=1).ravel()
+        return jnp.concatenate([u.reshape(u.shape[0], -1) for u in units], axis=1)
 
     def fisher_product(
         self, params: Mapping[str, jax.Array], tangent: Mapping[str, jax.Array]

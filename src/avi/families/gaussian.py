@@ -74,8 +74,8 @@ def fisher_product(
 def natural_units(
     moments: Moments, lam: Mapping[str, jax.Array], grads: Mapping[str, jax.Array]
 ) -> jax.Array:
-    """u with 1/2 ||u||^2 = 1/2 g^T F^+ g summed over the data (flat): the least-norm u with
-    W^T u = g, datum by datum, from W's dense matrix (cost O(P^2 D^2) per datum for P
+    """u_n (B, P) with 1/2 ||u_n||^2 = 1/2 g_n^T F_n^+ g_n: the least-norm u_n with
+    W^T u_n = g_n, datum by datum, from W's dense matrix (cost O(P^2 D^2) per datum for P
     parameters: meant for the modest D_l of multivariate locals)."""
     names = tuple(lam)
 
@@ -90,7 +90,7 @@ def natural_units(
         matrix = jax.jacfwd(w)(jnp.zeros_like(flat))
         return jnp.linalg.lstsq(matrix.T, flat)[0]
 
-    return jax.vmap(one)(dict(lam), dict(grads)).ravel()
+    return jax.vmap(one)(dict(lam), dict(grads))
 
 
 def fisher_diagonal(moments: Moments, lam: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

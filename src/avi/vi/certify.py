@@ -232,7 +232,10 @@ def _gauss_newton_solve(
         return curvature(v) + damping * v
 
     def solve(r: jax.Array) -> jax.Array:
-        return jax.scipy.sparse.linalg.cg(product, r, tol=1e-5, maxiter=CG_ITERATIONS)[0]
+        solution = jax.scipy.sparse.linalg.cg(product, r, tol=1e-5, maxiter=CG_ITERATIONS)[0]
+        # A curvature that is not finite (a factor without a Fisher, avi.Flow) stops CG at its
+        # zero start: the gain is unknown, never zero.
+        return jnp.where(jnp.isfinite(damping), solution, jnp.nan)
 
     return jax.lax.map(solve, rhs)
 
@@ -319,7 +322,7 @@ def certify(
                 vectors["globals"].append(np.asarray(_global_units(grad, params)))
             if free:
                 grads = {name: grad.local[free_keys[name]] for name in free}
-                vectors[table_name].append(np.asarray(factor_units(factor, free, grads)))
+                vectors[table_name].append(np.asarray(factor_units(factor, free, grads)).ravel())
             if shared_keys:
                 pending.append(_flat_shared(grad, shared_keys))
             if len(pending) == GROUPS_PER_SOLVE:
