@@ -14,7 +14,7 @@ import pytest
 
 import avi
 from avi.cli.inference import posterior_summaries
-from avi.cli.inputs import check_signature, load_data
+from avi.cli.inputs import check_signature, load_data, load_model
 from avi.cli.main import main
 
 AVI = Path(sys.executable).with_name("avi")
@@ -69,17 +69,17 @@ def test_fit_writes_the_saved_fit_a_summary_and_a_figure(fitted):
     assert "noise" in (fitted["fit"] / "summary.txt").read_text()
 
 
-def test_infer_writes_the_posterior_of_new_data_as_the_loaded_fit_gives_it(fitted, tmp_path):
+def test_infer_writes_the_posterior_of_new_data_as_the_loaded_fit_gives_it(
+    fitted, tmp_path, capsys
+):
     model = f"{fitted['model']}:model"
-    for name in ("post.csv", "post.npz"):
-        done = _avi(
-            "infer", str(fitted["fit"]), "--model", model, "--data", str(fitted["new"]),
-            "--out", str(tmp_path / name), "--num-samples", "50", "--seed", "4",
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        assert "posterior of 6 data (z)" in done.stdout
-    from avi.cli.inputs import load_model
-
+    argv = ["infer", str(fitted["fit"]), "--model", model, "--data", str(fitted["new"])]
+    options = ["--num-samples", "50", "--seed", "4"]
+    done = _avi(*argv, "--out", str(tmp_path / "post.npz"), *options)  # a fresh process
+    assert done.returncode == 0, done.stderr
+    assert "posterior of 6 data (z)" in done.stdout
+    assert main([*argv, "--out", str(tmp_path / "post.csv"), *options]) == 0
+    assert "posterior of 6 data (z)" in capsys.readouterr().out
     loaded = avi.load(fitted["fit"], load_model(model))
     new = _table(1, 6)
     expected = posterior_summaries(

@@ -25,9 +25,12 @@ X_NEW, Y_NEW = saving_models.data(seed=1, num_data=7)
 FAMILIES = {
     "mlp": lambda: avi.Amortized(avi.MLP(width=4)),
     "custom": lambda: avi.Amortized(saving_models.Affine(2, jax.random.PRNGKey(1))),
-    "window": lambda: avi.Amortized(avi.MLP(width=4), inputs=avi.Window(offsets=(-1, 0))),
+    "window": lambda: avi.Amortized(
+        avi.MLP(width=4), inputs=avi.Window(offsets=(-1, 0)), factor=avi.FullRank()
+    ),
 }
-"""A built-in encoder, a user's equinox encoder (of the features x and y) and a Window."""
+"""A built-in encoder, a user's equinox encoder (of the features x and y), and a Window with a
+full-rank factor."""
 
 
 def _fit(name: str) -> avi.Fit:
@@ -47,9 +50,9 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[avi.Fit, 
 
 def _answers(fit: avi.Fit) -> dict[str, np.ndarray]:
     """What a user reads of new data: factor parameters and posterior draws of every site."""
-    loc, log_scale = fit.local_factors(X_NEW, y=Y_NEW)
+    factors = fit.local_factors(X_NEW, y=Y_NEW)
     draws = fit.sample(5, X_NEW, y=Y_NEW, seed=3)
-    return {"loc": np.asarray(loc), "log_scale": np.asarray(log_scale), **draws}
+    return {**{f"factor {i}": np.asarray(f) for i, f in enumerate(factors)}, **draws}
 
 
 FRESH_PROCESS = """
