@@ -112,6 +112,7 @@ def test_infer_refuses_another_model_in_one_line(fitted, tmp_path, capsys):
     [
         (["--out", "{fit}"], "it already holds a fit; add --force"),
         (["--out", "{tmp}/new", "--family", "mlp:x"], "--family: 'mlp:x' needs an integer"),
+        (["--out", "{tmp}/new", "--family", "constant", "--window=-1,0"], "Drop --window"),
         (
             ["--out", "{tmp}/new", "--data", "{tmp}/bad.csv"],
             "'w' is not an argument of the model model(x, y)",

@@ -25,6 +25,7 @@ from avi.cli.common import (
 )
 from avi.cli.inputs import FAMILY_TOKENS, parse_family, parse_window
 from avi.errors import AviError
+from avi.families import Amortized
 from avi.fit import fit
 from avi.result import Fit
 from avi.saving.files import ARRAYS, DESCRIPTION
@@ -125,6 +126,11 @@ def _fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out(out, args.force)
     family = parse_family(args.family, parse_window(args.window), option="--family")
+    if args.window is not None and not isinstance(family, Amortized):
+        raise AviError(
+            f"--window {args.window}: only an amortized family's encoder reads neighbours; "
+            f"--family {args.family} has none. Drop --window or use an amortized family."
+        )
     model, (model_args, model_kwargs) = model_and_data(args)
     given = {
         "num_steps": args.num_steps,

@@ -26,6 +26,10 @@ or .csv file whose entries (columns) are named after the model's arguments. Star
 Every command explains its options: avi COMMAND --help."""
 
 
+INTERRUPTED_STATUS = 130
+"""The shell's status of a command stopped by Ctrl-C."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``avi`` command."""
     parser = argparse.ArgumentParser(
@@ -46,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     one line)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"avi {args.command}: interrupted.", file=sys.stderr)
+        return INTERRUPTED_STATUS
 
 
 if __name__ == "__main__":
