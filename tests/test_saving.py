@@ -23,14 +23,14 @@ TESTS = Path(__file__).parent
 X_NEW, Y_NEW = saving_models.data(seed=1, num_data=7)
 
 FAMILIES = {
-    "mlp": lambda: avi.Amortized(avi.MLP(width=4)),
+    "mlp": lambda: avi.Amortized(avi.MLP(width=4), factor=avi.Flow()),
     "custom": lambda: avi.Amortized(saving_models.Affine(2, jax.random.PRNGKey(1))),
     "window": lambda: avi.Amortized(
         avi.MLP(width=4), inputs=avi.Window(offsets=(-1, 0)), factor=avi.FullRank()
     ),
 }
-"""A built-in encoder, a user's equinox encoder (of the features x and y), and a Window with a
-full-rank factor."""
+"""A built-in encoder with a flow factor, a user's equinox encoder (of the features x and y),
+and a Window with a full-rank factor."""
 
 
 def _fit(name: str) -> avi.Fit:
@@ -100,6 +100,7 @@ def test_the_description_is_plain_json_with_the_models_sites(saved):
         "class": "avi.families.encoders:MLP",
         "fields": {"width": 4, "depth": 2, "activation": "relu"},
     }
+    assert document["family"]["fields"]["factor"]["class"] == "avi.families.flow:Flow"
     assert set(document["q_globals"]["noise"]) == {"loc", "scale"}
 
 
