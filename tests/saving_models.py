@@ -57,3 +57,9 @@ class Affine(eqx.Module):
 
     def __call__(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.weight @ features + self.bias, self.log_scale
+
+
+def affine_skeleton() -> Affine:
+    """What ``avi infer --encoder saving_models.py:affine_skeleton`` calls: an Affine of the
+    saved one's sizes."""
+    return Affine(2, jax.random.PRNGKey(0))

@@ -16,6 +16,7 @@ import saving_models
 from numpyro.distributions import constraints
 
 import avi
+from avi.cli.main import main
 from avi.model.describe import describe_support, restore_support
 from avi.saving import FORMAT_VERSION
 
@@ -131,6 +132,18 @@ def test_a_users_encoder_needs_a_skeleton_of_its_class_and_shapes(saved):
             saving_models.model,
             encoder=saving_models.Affine(2, jax.random.PRNGKey(0)),
         )
+
+
+def test_avi_infer_takes_a_users_encoder_from_a_function(saved, tmp_path, capsys):
+    data = tmp_path / "new.npz"
+    np.savez(data, arg0=X_NEW, y=Y_NEW)
+    models = TESTS / "saving_models.py"
+    argv = ["infer", str(saved["custom"][1]), "--model", f"{models}:model", "--data", str(data)]
+    out = ["--out", str(tmp_path / "post.csv")]
+    assert main([*argv, *out]) == 2
+    assert "add --encoder FILE.py:NAME" in capsys.readouterr().err
+    assert main([*argv, *out, "--encoder", f"{models}:affine_skeleton"]) == 0
+    assert "posterior of 7 data (z)" in capsys.readouterr().out
 
 
 def test_a_loaded_fit_keeps_its_record_but_not_the_training_data(saved):

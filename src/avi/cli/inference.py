@@ -26,6 +26,8 @@ from avi.data.boundary import convert_arguments
 from avi.errors import AviError
 from avi.result import Fit
 from avi.saving import load
+from avi.saving.files import read_description
+from avi.saving.specs import has_user_encoder
 
 STATISTICS = ("mean", "sd", "q05", "q50", "q95")
 FORMATS = (".npz", ".csv")
@@ -80,6 +82,12 @@ def _infer(args: argparse.Namespace) -> int:
     encoder = None
     if args.encoder is not None:
         encoder = load_function(args.encoder, "--encoder")()
+    elif has_user_encoder(read_description(args.fit)["family"]):
+        raise AviError(
+            f"{args.fit}: the fit's encoder is your own equinox Module, whose code is not saved: "
+            "add --encoder FILE.py:NAME, a function NAME() returning a module of the same class "
+            "and sizes (e.g. return MyEncoder(..., key=jax.random.PRNGKey(0)))."
+        )
     model, arguments = model_and_data(args)
     result = load(args.fit, model, encoder=encoder)
     model_args, model_kwargs = convert_arguments(*arguments)
