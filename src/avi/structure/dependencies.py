@@ -347,7 +347,8 @@ def _coupling_edges(
 ) -> set[Edge]:
     """Edges from the coupling rows (P, size) of ``other`` along ``local`` at the probed data:
     every other datum with a non-zero mixed partial (relative to the table's largest entry)."""
-    scale = float(np.nan_to_num(table, nan=np.inf).max(initial=0.0))
+    largest = np.finfo(np.float64).max  # an infinite entry counts as the largest finite one
+    scale = float(np.inf if np.isnan(table).any() else min(table.max(initial=0.0), largest))
     if scale == 0.0:
         return set()
     hits = ~(table <= RTOL * scale)
@@ -369,7 +370,10 @@ def _swap_hits(table, probes: Sequence[Probe], floor) -> dict[tuple[str, str], n
     hits = {}
     for s, by_local in table.items():
         values = {name: np.asarray(v) for name, v in by_local.items()}
-        largest = np.stack([np.nan_to_num(v, nan=0.0).max(axis=1) for v in values.values()])
+        # the largest entry of each row, NaN ignored (fmax skips NaN; no copy of the table)
+        largest = np.stack(
+            [np.nan_to_num(np.fmax.reduce(v, axis=1), nan=0.0) for v in values.values()]
+        )
         reference = {k: max(largest[:, slots == k].max(), float(floor[s])) for k in set(slots)}
         scale = np.array([reference[k] for k in slots])[:, None]
         for name, v in values.items():
