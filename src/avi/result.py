@@ -22,12 +22,13 @@ from avi.data.prepare import FeatureScaling
 from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
 from avi.families import Family, count_parameters
+from avi.families.protocol import given_globals
 from avi.model import SiteLayout, TracedModel, trace_model
 from avi.model.describe import describe_layout, site_differences
 from avi.options import check_bool, check_seed, positive_int
 from avi.vi import History, State
 from avi.vi.certify import Certificate
-from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws
+from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws, global_distribution
 from avi.vi.problem import Problem, VariationalParams
 from avi.vi.runner import Certifier
 
@@ -153,11 +154,21 @@ class Fit:
         return tuple(lam[k] for k in self.family.factor.parameters)
 
     def _factor_params(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
+        """lambda of the data, at q(theta)'s mean for factors given the globals."""
+        return self._factor_params_at(self.params.global_loc, args, kwargs)
+
+    def _factor_params_at(
+        self, theta: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, jax.Array]:
+        """lambda of the data given the unconstrained globals ``theta`` (which only factors
+        given the globals read)."""
         if not args and not kwargs:
             if self.problem is None and self.family.table_keys:
                 return self.family.free_factors(self.params.local)  # F-VI's saved factors
             self._check_in_memory("the training data's factors")
-            return self.family.local_params(self.params.local, self.problem.local_data, None)
+            return self.family.local_params(
+                self.params.local, self.problem.local_data, None, theta=theta
+            )
         if not self.family.infers_new_data:
             raise FamilyError(
                 "A Factorized fit has one free factor per training datum and cannot infer the "
@@ -178,7 +189,7 @@ class Fit:
         # gave such data free factors): their parameters are NaN.
         lacking = local_data.free_slot >= 0
         served = local_data._replace(free_slot=jnp.full_like(local_data.free_slot, -1))
-        lam = self.family.local_params(self.params.local, served, None)
+        lam = self.family.local_params(self.params.local, served, None, theta=theta)
         return {
             k: jnp.where(lacking.reshape((-1,) + (1,) * (v.ndim - 1)), jnp.nan, v)
             for k, v in lam.items()
@@ -205,6 +216,11 @@ class Fit:
 
         New data lacking a neighbour of the encoder's Window get NaN parameters (see
         :meth:`local_factors`).
+
+        A family given the globals (``avi.Amortized(..., given_globals=True)``) has local
+        factors q(z_n | theta, x_n) that depend on theta: here they are taken at q(theta)'s
+        mean, q(z_n | E_q[theta], x_n), not the marginal of z_n; :meth:`sample` draws
+        (theta, z) jointly.
 
         Args:
             *args: new data (same signature as the model); none for the training data.
@@ -259,17 +275,48 @@ class Fit:
     ) -> dict[str, np.ndarray]:
         """Draws from the variational posterior, in the model's constrained space.
 
+        Sites are drawn independently from :meth:`posterior`'s marginals, except for a family
+        given the globals, whose draws are joint: theta ~ q(theta), then z_n ~ q(z_n | theta,
+        x_n).
+
         Returns:
             site name -> array of shape (num_samples, *site shape).
         """
         num_samples = positive_int("num_samples", num_samples)
         seed = check_seed(seed)
+        if given_globals(self.family):
+            return self._joint_sample(num_samples, seed, args, kwargs)
         posterior = self.posterior(*args, **kwargs)
         keys = jax.random.split(jax.random.PRNGKey(seed), len(posterior))
         return {
             name: np.asarray(d.sample(k, (num_samples,)))
             for k, (name, d) in zip(keys, posterior.items(), strict=True)
         }
+
+    def _joint_sample(
+        self, num_samples: int, seed: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """theta ~ q(theta), z_n ~ q(z_n | theta, x_n), in the model's constrained space."""
+        layout = self.traced.layout
+        theta_key, local_key = jax.random.split(jax.random.PRNGKey(seed))
+        theta = global_distribution(self.params).sample(theta_key, (num_samples,))
+        lam = jax.vmap(lambda t: self._factor_params_at(t, args, kwargs))(theta)
+        z = self.family.factor.distribution(lam).sample(local_key)
+        draws = {}
+        for site in layout.globals:
+            value = theta[:, site.offset : site.offset + site.size]
+            value = value.reshape((num_samples, *site.unconstrained_shape))
+            draws[site.name] = biject_to(self.traced.supports[site.name])(value)
+        for site in layout.locals:
+            value = z[..., site.offset : site.offset + site.size]
+
+            def arrange(a: jax.Array, s: SiteLayout = site) -> jax.Array:
+                return jnp.moveaxis(
+                    a.reshape((a.shape[0], *s.unconstrained_shape)), 0, s.plate_axis
+                )
+
+            draws[site.name] = biject_to(self.traced.supports[site.name])(jax.vmap(arrange)(value))
+        return {name: np.asarray(value) for name, value in draws.items()}
 
     def elbo(self, num_particles: int = 1000, seed: int = 0) -> Estimate:
         """Full-data ELBO estimated with ``num_particles`` independent draws.

@@ -1,4 +1,11 @@
-"""A-VI: lambda_n = f_phi(x_n), one encoder for every datum (paper, section 2)."""
+"""A-VI: lambda_n = f_phi(x_n), one encoder for every datum (paper, section 2).
+
+Given the globals (Agrawal and Domke 2021), lambda_n = f_phi(x_n, theta): each local factor
+q(z_n | theta, x_n) depends on the draw of the unconstrained globals theta, so
+q(theta, z) = q(theta) prod_n q(z_n | theta, x_n) holds dependence between theta and the
+locals that no factorized family has; it can beat mean-field F-VI (outside Prop. 2.1's
+family).
+"""
 
 from __future__ import annotations
 
@@ -33,11 +40,15 @@ class Amortized:
         inputs: None (the datum itself) or a :class:`Window` of neighbouring data: the encoder
             sees x_{n+o} for every offset o; a datum lacking a neighbour gets a free factor.
         factor: the factor every datum gets.
+        given_globals: the encoder also sees the draw of the unconstrained globals theta
+            (appended to the features): q(z_n | theta, x_n). Without theta (the training
+            data's :meth:`avi.Fit.posterior`) the factors are taken at q(theta)'s mean.
     """
 
     encoder: Any = field(default_factory=lambda: MLP(width=32))
     inputs: Window | None = None
     factor: Factor = field(default_factory=Diagonal)
+    given_globals: bool = False
     name = "amortized"
     infers_new_data = True
     table_keys = ()
@@ -53,10 +64,14 @@ class Amortized:
                 f"Amortized(inputs={self.inputs!r}): give None or avi.Window(offsets=(-1, 0))."
             )
         check_factor(self.factor, "Amortized")
+        if not isinstance(self.given_globals, bool):
+            raise FamilyError(
+                f"Amortized(given_globals={self.given_globals!r}): give True or False."
+            )
 
     def __hash__(self) -> int:
         encoder_key = self.encoder if isinstance(self.encoder, EncoderSpec) else id(self.encoder)
-        return hash((encoder_key, self.inputs, self.factor))
+        return hash((encoder_key, self.inputs, self.factor, self.given_globals))
 
     def prepare(self, features: np.ndarray) -> LocalData:
         if self.inputs is None:
@@ -64,7 +79,9 @@ class Amortized:
         windowed, complete = self.inputs.apply(features)
         return LocalData(jnp.asarray(windowed), jnp.asarray(free_slots(complete)))
 
-    def init(self, key: jax.Array, data: LocalData, local_dim: int) -> dict[str, Any]:
+    def init(
+        self, key: jax.Array, data: LocalData, local_dim: int, global_dim: int = 0
+    ) -> dict[str, Any]:
         in_size = data.features.shape[1]
         if in_size == 0:
             raise FamilyError(
@@ -75,6 +92,13 @@ class Amortized:
                 "observations live in (plate=...), pass per-datum data of this plate as "
                 "arguments, or fit avi.Factorized()."
             )
+        if self.given_globals:
+            if global_dim == 0:
+                raise FamilyError(
+                    "Amortized(given_globals=True): the model has no global latents for the "
+                    "local factors to depend on; drop given_globals."
+                )
+            in_size += global_dim
         start = self.factor.init(local_dim)
         if isinstance(self.encoder, EncoderSpec):
             encoder = self.encoder.build(key, in_size, start)
@@ -86,9 +110,21 @@ class Amortized:
         return {"encoder": encoder, **free}
 
     def local_params(
-        self, params: Mapping[str, Any], data: LocalData, index: jax.Array | None
+        self,
+        params: Mapping[str, Any],
+        data: LocalData,
+        index: jax.Array | None,
+        theta: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         features = data.features if index is None else data.features[index]
+        if self.given_globals:
+            if theta is None:
+                raise FamilyError(
+                    "Amortized(given_globals=True) factors depend on the globals' draw: pass "
+                    "theta (the unconstrained globals, shape (D_g,))."
+                )
+            given = jnp.broadcast_to(theta.astype(features.dtype), (features.shape[0], theta.size))
+            features = jnp.concatenate([features, given], axis=1)
         lam = split_outputs(self.factor, jax.vmap(params["encoder"])(features))
         free = self.free_factors(params)
         if not free or next(iter(free.values())).shape[0] == 0:

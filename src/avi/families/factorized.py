@@ -43,11 +43,17 @@ class Factorized:
     def prepare(self, features: np.ndarray) -> LocalData:
         return no_inputs(features)
 
-    def init(self, key: jax.Array, data: LocalData, local_dim: int) -> dict[str, jax.Array]:
+    def init(
+        self, key: jax.Array, data: LocalData, local_dim: int, global_dim: int = 0
+    ) -> dict[str, jax.Array]:
         return _rows(self.factor.init(local_dim), data.features.shape[0])
 
     def local_params(
-        self, params: Mapping[str, jax.Array], data: LocalData, index: jax.Array | None
+        self,
+        params: Mapping[str, jax.Array],
+        data: LocalData,
+        index: jax.Array | None,
+        theta: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         if index is None:
             return {k: params[k] for k in self.table_keys}
@@ -72,11 +78,17 @@ class Constant:
     def prepare(self, features: np.ndarray) -> LocalData:
         return no_inputs(features)
 
-    def init(self, key: jax.Array, data: LocalData, local_dim: int) -> dict[str, jax.Array]:
+    def init(
+        self, key: jax.Array, data: LocalData, local_dim: int, global_dim: int = 0
+    ) -> dict[str, jax.Array]:
         return self.factor.init(local_dim)
 
     def local_params(
-        self, params: Mapping[str, jax.Array], data: LocalData, index: jax.Array | None
+        self,
+        params: Mapping[str, jax.Array],
+        data: LocalData,
+        index: jax.Array | None,
+        theta: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         rows = data.free_slot.shape[0] if index is None else index.shape[0]
         return _rows({k: params[k] for k in self.factor.parameters}, rows)

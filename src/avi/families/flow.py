@@ -147,7 +147,8 @@ class SplineFlow(dist.Distribution):
         super().__init__(batch_shape=loc.shape[:-1], event_shape=event)
 
     def _splines(self, eps: jax.Array, inverse: bool) -> tuple[jax.Array, jax.Array]:
-        """s(eps) (or s^-1) coordinatewise and log|ds/deps| per coordinate, for eps (..., B, D)."""
+        """s(eps) (or s^-1) coordinatewise and log|ds/deps| per coordinate, for eps of shape
+        (..., *batch, D)."""
         template = self.flow.spline()
 
         def one(vector: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -157,9 +158,9 @@ class SplineFlow(dist.Distribution):
                 return x, -log_det
             return spline.transform_and_log_det(value)
 
-        per_coordinate = jax.vmap(jax.vmap(one))
-        flat = eps.reshape(-1, *self.spline.shape[:-1])
-        out, log_det = jax.vmap(lambda e: per_coordinate(self.spline, e))(flat)
+        vectors = self.spline.reshape(-1, self.spline.shape[-1])
+        flat = eps.reshape(-1, vectors.shape[0])
+        out, log_det = jax.vmap(lambda e: jax.vmap(one)(vectors, e))(flat)
         return out.reshape(eps.shape), log_det.reshape(eps.shape)
 
     @property

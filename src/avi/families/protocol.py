@@ -60,14 +60,22 @@ class LocalFamily(Protocol):
         """The family's per-datum inputs from the standardized (N, F) features."""
         ...
 
-    def init(self, key: jax.Array, data: LocalData, local_dim: int) -> dict[str, Any]:
+    def init(
+        self, key: jax.Array, data: LocalData, local_dim: int, global_dim: int = 0
+    ) -> dict[str, Any]:
         """The starting local parameters (every datum's factor at ``factor.init``)."""
         ...
 
     def local_params(
-        self, params: Mapping[str, Any], data: LocalData, index: jax.Array | None
+        self,
+        params: Mapping[str, Any],
+        data: LocalData,
+        index: jax.Array | None,
+        theta: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
-        """lambda of the data ``index`` (None: all), each part with leading axis (B,)."""
+        """lambda of the data ``index`` (None: all), each part with leading axis (B,); given
+        the draw ``theta`` (D_g,) of the unconstrained globals for a family whose factors
+        depend on it (``given_globals``), which others ignore."""
         ...
 
     def free_factors(self, params: Mapping[str, Any]) -> dict[str, jax.Array]:
@@ -78,6 +86,25 @@ class LocalFamily(Protocol):
 
 
 Family = LocalFamily
+
+
+def given_globals(family: LocalFamily) -> bool:
+    """Whether the family's local factors depend on the globals' draw, q(z_n | theta, x_n)."""
+    return bool(getattr(family, "given_globals", False))
+
+
+def factors_given(
+    family: LocalFamily,
+    params: Mapping[str, Any],
+    data: LocalData,
+    index: jax.Array | None,
+    thetas: jax.Array,
+) -> dict[str, jax.Array]:
+    """lambda of the data ``index`` at each draw of ``thetas`` (S, D_g), each part with
+    leading axes (S, B) for a family given the globals; (B,) for others (they ignore it)."""
+    if not given_globals(family):
+        return family.local_params(params, data, index)
+    return jax.vmap(lambda t: family.local_params(params, data, index, theta=t))(thetas)
 
 
 def count_parameters(params: Any) -> int:

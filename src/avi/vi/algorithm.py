@@ -154,8 +154,9 @@ class Algorithm(eqx.Module):
         there (:func:`avi.vi.initialize.initial_global_log_scale`), at most 0.1."""
         layout = self.problem.layout
         local_key, probe_key = jax.random.split(key)
-        local = self.problem.family.init(local_key, self.problem.local_data, layout.local_dim)
-        lam = self.problem.family.local_params(local, self.problem.local_data, None)
+        family, data = self.problem.family, self.problem.local_data
+        local = family.init(local_key, data, layout.local_dim, layout.global_dim)
+        lam = family.local_params(local, data, None, theta=jnp.zeros(layout.global_dim))
         z = self.problem.family.factor.distribution(lam).mean
         return VariationalParams(
             global_loc=jnp.zeros(layout.global_dim),

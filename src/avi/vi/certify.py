@@ -41,6 +41,7 @@ from jax.flatten_util import ravel_pytree
 
 from avi.families.factor import fisher_product
 from avi.families.factor import natural_units as factor_units
+from avi.families.protocol import factors_given, given_globals
 from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws
 from avi.vi.problem import Problem, VariationalParams
 
@@ -196,6 +197,10 @@ TRACE_PROBES = 4
 CG_ITERATIONS = 100
 """Cap on conjugate-gradient iterations per solve."""
 
+CURVATURE_DRAWS = 16
+"""Draws of q(theta) over which the curvature of factors given the globals is averaged,
+G = sum_n E_q(theta)[J_n^T F_n J_n] (a Monte Carlo estimate of the shared block's metric)."""
+
 
 def _gauss_newton_solve(
     params: VariationalParams,
@@ -211,9 +216,16 @@ def _gauss_newton_solve(
     trainable, static = eqx.partition(shared, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(trainable)
 
+    # Factors given the globals: their curvature averaged over fixed draws of q(theta).
+    noise = jax.random.normal(jax.random.PRNGKey(1), (CURVATURE_DRAWS, params.global_loc.size))
+    thetas = params.global_loc + jnp.exp(params.global_log_scale) * noise
+
     def factors(vector: jax.Array) -> dict[str, jax.Array]:
         local = {**params.local, **eqx.combine(unravel(vector), static)}
-        return problem.family.local_params(local, problem.local_data, None)
+        lam = factors_given(problem.family, local, problem.local_data, None, thetas)
+        if not given_globals(problem.family):
+            return lam
+        return {k: v.reshape(-1, *v.shape[2:]) for k, v in lam.items()}
 
     lam, linear = jax.linearize(factors, flat)
     transpose = jax.linear_transpose(linear, flat)

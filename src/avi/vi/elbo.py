@@ -10,18 +10,25 @@ with each entropy analytic where the factor's distribution has one (the diagonal
 sum_d log sigma_nd + D_l / 2 log(2 pi e)) and -log q(z_n) of the draw otherwise. On a batch B
 of the N data, the local entropy and the in-plate log terms are scaled by N / |B|, which keeps
 the estimate unbiased (Hoffman et al. 2013, stochastic VI).
+
+A family given the globals (``Amortized(given_globals=True)``) draws z_n from
+q(z_n | theta_s, x_n) for each particle's theta_s, and its local entropy is that particle's
+conditional entropy: E_q(theta) H[q(z | theta)] + H[q(theta)] = H[q(theta, z)].
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from avi.data.rows import slice_arguments
 from avi.families import Diagonal
+from avi.families.protocol import factors_given, given_globals
 from avi.model import log_joint
 from avi.vi.problem import Problem, VariationalParams
 
@@ -36,13 +43,6 @@ def global_distribution(params: VariationalParams) -> dist.Distribution:
     )
 
 
-def batch_factors(
-    params: VariationalParams, problem: Problem, index: jax.Array | None
-) -> dict[str, jax.Array]:
-    """lambda of the local factors of the batch (all data when index is None)."""
-    return problem.family.local_params(params.local, problem.local_data, index)
-
-
 def entropy(q: dist.Distribution, draws: jax.Array) -> jax.Array:
     """H[q] summed over q's batch: analytic where q has it, else -log q(draws) per draw
     (draws with a leading particle axis)."""
@@ -53,8 +53,24 @@ def entropy(q: dist.Distribution, draws: jax.Array) -> jax.Array:
         return -jnp.sum(log_q.reshape(log_q.shape[0], -1), axis=1)
 
 
+def _per_particle_entropy(q: dist.Distribution, draws: jax.Array) -> jax.Array:
+    """(S,) H[q(. | theta_s)] summed over the batch, for factors with leading axes (S, B)."""
+    try:
+        values = q.entropy()
+    except NotImplementedError:
+        values = -q.log_prob(draws)
+    return jnp.sum(values.reshape(values.shape[0], -1), axis=1)
+
+
 def _frozen(lam: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return jax.lax.stop_gradient(dict(lam))
+
+
+def _frozen_arrays(tree: Any) -> Any:
+    """``tree`` (an encoder among its leaves) with every array leaf's gradient stopped."""
+    return jax.tree_util.tree_map(
+        lambda v: jax.lax.stop_gradient(v) if eqx.is_array(v) else v, tree
+    )
 
 
 def elbo_draws(
@@ -85,23 +101,33 @@ def elbo_draws(
     """
     layout = problem.layout
     factor = problem.family.factor
-    lam = batch_factors(params, problem, None if tables_gathered else index)
-    batch_size = next(iter(lam.values())).shape[0]
-    data_scale = layout.num_data / batch_size
+    conditional = given_globals(problem.family)
     global_key, local_key = jax.random.split(key)
     q_global = global_distribution(params)
-    q_local = factor.distribution(lam)
     theta = q_global.rsample(global_key, (num_particles,))
-    z = q_local.rsample(local_key, (num_particles,))
+    rows = None if tables_gathered else index
+    lam = factors_given(problem.family, params.local, problem.local_data, rows, theta)
+    batch_size = next(iter(lam.values())).shape[1 if conditional else 0]
+    data_scale = layout.num_data / batch_size
+    q_local = factor.distribution(lam)
+    z = q_local.rsample(local_key, () if conditional else (num_particles,))
     if index is None:
         args, kwargs = problem.args, problem.kwargs
     else:
         args, kwargs = slice_arguments(layout, problem.args, problem.kwargs, index)
     log_p = jax.vmap(lambda t, zz: log_joint(problem.model, layout, args, kwargs, t, zz))(theta, z)
     if not stop_gradient_entropy_params:
-        return log_p + entropy(q_global, theta) + data_scale * entropy(q_local, z)
+        local_entropy = _per_particle_entropy(q_local, z) if conditional else entropy(q_local, z)
+        return log_p + entropy(q_global, theta) + data_scale * local_entropy
     frozen_global = GLOBAL_FACTOR.distribution(
         _frozen({"loc": params.global_loc, "log_scale": params.global_log_scale})
     )
-    log_q_local = jnp.sum(factor.distribution(_frozen(lam)).log_prob(z), axis=1)
+    # Given the globals, the factors' parameters are frozen but theta's path into them is kept
+    # (the path derivative of log q(theta, z), Roeder et al. 2017).
+    frozen_local = (
+        factors_given(problem.family, _frozen_arrays(params.local), problem.local_data, rows, theta)
+        if conditional
+        else _frozen(lam)
+    )
+    log_q_local = jnp.sum(factor.distribution(frozen_local).log_prob(z), axis=1)
     return log_p - frozen_global.log_prob(theta) - data_scale * log_q_local
