@@ -140,9 +140,9 @@ def test_natural_units_and_fisher_products_are_the_gaussian_fisher(factor, momen
     lam = random_params(factor, dim, rows, seed=0)
     grads = random_params(factor, dim, rows, seed=1)
     tangent = random_params(factor, dim, rows, seed=2)
-    units = np.asarray(factor.natural_units(lam, grads), np.float64)
-    products = factor.fisher_product(lam, tangent)
-    diagonal = factor.fisher(lam)
+    units = np.asarray(jax.jit(factor.natural_units)(lam, grads), np.float64)
+    products = jax.jit(factor.fisher_product)(lam, tangent)
+    diagonal = jax.jit(factor.fisher)(lam)
     for n in range(rows):
         one = {k: v[n] for k, v in lam.items()}
         fisher, unravel = dense_fisher(moments, one)
@@ -220,6 +220,7 @@ def test_a_linear_encoder_with_a_full_rank_factor_finds_the_exact_posterior(smal
     assert fit.converged, fit.certificate
 
 
+@pytest.mark.slow
 def test_compare_refine_sweep_and_reliability_accept_a_full_rank_factor(small):
     model = make_model(W2)
     comparison = avi.compare(
