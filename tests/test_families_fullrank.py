@@ -36,7 +36,7 @@ from avi.families.lowrank import _moments as low_moments
 
 SIGMA = 0.5
 W2 = np.array([[1.0, 0.8], [1.0, 1.2], [1.0, 1.0]])
-"""z_n in R^2: the posterior's precision has correlation 0.92 (mean-field KL 0.89 nats per datum)."""
+"""z_n in R^2: the posterior precision's correlation is 0.91 (mean-field KL 0.89 nats a datum)."""
 W3 = np.array([[1.0, 0.9, 0.0], [1.0, 1.1, 0.5], [1.0, 1.0, 1.0], [0.0, 0.5, 1.0]])
 """z_n in R^3: rank one plus diagonal is strictly between diagonal and full rank."""
 
