@@ -7,7 +7,8 @@ datum and one L shared by every datum, the exact posterior of a linear Gaussian 
 
 Fisher metric. With M = L^-1 dL (lower triangular), the Gaussian's Fisher information is
 
-    F(dm, dL) = dm^T S^-1 dm + 1/2 ||M + M^T||_F^2 = dm^T S^-1 dm + 2 sum_i M_ii^2 + sum_{i>j} M_ij^2,
+    F(dm, dL) = dm^T S^-1 dm + 1/2 ||M + M^T||_F^2
+              = dm^T S^-1 dm + 2 sum_i M_ii^2 + sum_{i>j} M_ij^2,
 
 diagonal in (L^-1 dm, M). A gradient (g_m, g_L) is g_M = tril(L^T g_L) in M's coordinates,
 so the natural-gradient gain 1/2 g^T F^-1 g is 1/2 ||u||^2 with
