@@ -24,14 +24,14 @@ TESTS = Path(__file__).parent
 X_NEW, Y_NEW = saving_models.data(seed=1, num_data=7)
 
 FAMILIES = {
-    "mlp": lambda: avi.Amortized(avi.MLP(width=4), factor=avi.Flow()),
+    "mlp": lambda: avi.Amortized(avi.MLP(width=4), factor=avi.Flow(), given_globals=True),
     "custom": lambda: avi.Amortized(saving_models.Affine(2, jax.random.PRNGKey(1))),
     "window": lambda: avi.Amortized(
         avi.MLP(width=4), inputs=avi.Window(offsets=(-1, 0)), factor=avi.FullRank()
     ),
 }
-"""A built-in encoder with a flow factor, a user's equinox encoder (of the features x and y),
-and a Window with a full-rank factor."""
+"""A built-in encoder with a flow factor given the globals, a user's equinox encoder (of the
+features x and y), and a Window with a full-rank factor."""
 
 
 def _fit(name: str) -> avi.Fit:

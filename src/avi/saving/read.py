@@ -32,7 +32,7 @@ def _skeleton(family: Family, inputs: Mapping[str, int], global_dim: int, local_
     in_size = family.prepare(np.zeros((1, int(inputs["features"])), np.float32)).features.shape[1]
     features = np.broadcast_to(np.zeros((), np.float32), (rows, in_size))
     slots = np.concatenate([np.arange(free), np.full(rows - free, -1)]).astype(np.int32)
-    local = family.init(jax.random.PRNGKey(0), LocalData(features, slots), local_dim)
+    local = family.init(jax.random.PRNGKey(0), LocalData(features, slots), local_dim, global_dim)
     zeros = jnp.zeros(global_dim)
     features_like = np.zeros(int(inputs["features"]), np.float32)
     return {
