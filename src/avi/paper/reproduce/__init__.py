@@ -12,12 +12,14 @@ Scoring (Margossian and Blei 2024, section 4; the decisions are ours where the p
   gap are recorded too (``exact_elbo``, ``exact_gap``); verdicts use the Monte Carlo estimates.
 * Gap of a fit: the mean of the paired differences ELBO_F-VI(draw) - ELBO_family(draw) against
   the same seed's F-VI fit, with standard error sd / sqrt(draws). The fit's verdict is
-  two-sided: "closed" when |gap| is at most 2 standard errors (within Monte Carlo error), "open"
+  two-sided: "closed" when |gap| is at most 2 standard errors plus the strict criterion's 1e-4
+  nats per datum (Monte Carlo error and the optimisation error of a fixed budget), "open"
   above, "reference not converged" below (Prop. 2.1 forbids an amortized fit above F-VI's
   optimum). (The standard error is floored at the float32 resolution of the ELBO, below which
   two fits cannot differ meaningfully.)
 * Reference (Prop. 2.1): where a fit of a family inside F-VI's scores above the seed's F-VI fit,
-  F-VI is refined from the best such fit (:func:`avi.refine`) and, when the refinement scores
+  F-VI is refined from the best such fit (:func:`avi.refine` with the stop rule, capped at the
+  setup's number of steps) and, when the refinement scores
   higher, it becomes the seed's reference and every fit of the seed is scored again against it
   (``reference_lift``: the nats it gained).
 * Verdict of a family: its seeds' common verdict; "reference not converged" if any seed says so;
