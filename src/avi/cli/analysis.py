@@ -83,11 +83,18 @@ def _compare(args: argparse.Namespace) -> int:
     if comparison.added_reference:
         name = comparison.reference
         print(f"No family is factorized: added avi.Factorized() as the reference {name!r}.")
+    summary = comparison.summary()
+    notes = summary.pop("note")
     with pd.option_context("display.width", 200, "display.max_columns", None):
-        print(comparison.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for family, note in zip(summary["family"], notes, strict=True):
+        if note:
+            print(f"note on {family}: {note}")
     print(
-        f"gap: ELBO of {comparison.reference} minus the family's, paired draws; closed when at "
-        f"most 2 standard errors + {args.tolerance:g} nats."
+        f"gap: ELBO of {comparison.reference} minus the family's, paired draws. Per seed: "
+        f"closed when |gap| <= 2 standard errors + {args.tolerance:g} nats, open above, "
+        "'reference not converged' below (Prop. 2.1); over seeds: their common verdict, else "
+        "'seeds disagree'."
     )
     if figures is not None:
         _save_figures(comparison, figures)
