@@ -15,6 +15,7 @@ import pytest
 from numpyro.infer.util import log_density
 
 from avi.paper.experiments import nonlinear
+from avi.paper.experiments.common import REFERENCE_LABEL
 from avi.paper.reproduce import summarize
 
 
@@ -46,12 +47,19 @@ def test_claims_cannot_tell_from_one_seed(
 
 
 @pytest.mark.slow
-def test_nonlinear_gap_closes_from_width_four(
+def test_nonlinear_gap_against_a_reference_that_no_encoder_beats(
     quick_summary: Callable[[str], pd.DataFrame],
     verdicts: Callable[[pd.DataFrame, list[str]], list[str]],
 ):
+    """F-VI at the quick budget sits below the wide encoders (Prop. 2.1 forbids that at its
+    optimum), so it is refined from the best of them; against that reference no encoder wins,
+    the narrow ones stay hundreds of nats open, the wide ones a few nats: the paper's "closes
+    from width 4" does not hold at this size (measured: F-VI lifted 7.6 nats; widths 4-32 open
+    by 1.7-5.9 nats, `avi reproduce nonlinear --size quick`, seeds 0-1)."""
     summary = quick_summary("nonlinear")
     narrow = ["constant", "A-VI MLP k=1", "A-VI MLP k=2"]
     wide = [f"A-VI MLP k={k}" for k in (4, 8, 16, 32)]
+    assert summary.loc[REFERENCE_LABEL, "reference_lift"] > 0
     assert verdicts(summary, narrow) == ["open"] * 3
-    assert verdicts(summary, wide) == ["closed"] * 4
+    assert set(verdicts(summary, wide)) <= {"open", "closed", "seeds disagree"}
+    assert summary.loc[wide, "gap"].max() < 0.1 * summary.loc[narrow, "gap"].min()

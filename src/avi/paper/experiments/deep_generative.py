@@ -71,6 +71,9 @@ MSE_TOLERANCE = 0.05
 """A-VI "reaches" F-VI's training MSE when at most 5% above it."""
 GENERALISATION_TOLERANCE = 0.20
 """Test MSE is "close" to training MSE when within 20% of it."""
+COLLAPSE_MARGIN = 0.05
+"""An encoder has collapsed when its training MSE is within 5% of the constant family's (every
+image reconstructed alike, about as the mean image)."""
 
 
 class Architecture(NamedTuple):
@@ -270,13 +273,19 @@ def _mse_claims(summary: pd.DataFrame) -> list[Claim]:
         bool(len(closing)) and bool((ratio <= 1 + MSE_TOLERANCE).all()),
     )
     spread = (closing["test_mse"] - closing["train_mse"]).abs() / closing["train_mse"]
+    # a collapsed encoder reconstructs every image alike, as the constant family does: its test
+    # MSE equals its training MSE too, so closeness alone would pass it
+    mean_image = family_row(summary, "constant")["train_mse"]
+    collapsed = closing.loc[closing["train_mse"] >= (1 - COLLAPSE_MARGIN) * mean_image, "family"]
     generalise = Claim(
         "test MSE close to training MSE (one encoder pass on unseen images)",
         ", ".join(
             f"{f}: test {t:.4f} vs train {m:.4f}"
             for f, t, m in zip(closing["family"], closing["test_mse"], closing["train_mse"])
-        ),
-        bool(len(closing)) and bool((spread <= GENERALISATION_TOLERANCE).all()),
+        )
+        + f"; collapsed (train MSE within {COLLAPSE_MARGIN:.0%} of the constant family's "
+        + f"{mean_image:.4f}): {', '.join(collapsed) or 'none'}",
+        bool(len(closing)) and bool((spread <= GENERALISATION_TOLERANCE).all()) and collapsed.empty,
     )
     return [reach, generalise]
 
