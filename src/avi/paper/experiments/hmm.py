@@ -265,6 +265,10 @@ def setup(size: str = "full") -> Setup:
         ),
         check_claims,
         exact_elbo=lambda fit: fit_elbo(fit, x),
+        # the gaps of windows +-2 and +-3 (3.4e-3 and 5e-4 nats in closed form) lie below the
+        # default 1e-4 nats per datum (0.01 nats at N = 100); the fits reach F-VI's closed-form
+        # optimum within 3.5e-4 nats, so Monte Carlo error alone decides
+        verdict_tolerance=0.0,
         metrics=lambda fit: {"gap_to_optimum": optimum - fit_elbo(fit, x)},
     )
 

@@ -105,7 +105,8 @@ def vector_setup(
         data: x, the model's one argument, of length ``scale.num_data``.
         scale: the run's sizes; its ``families`` selects among ``families``.
         families: every family of the experiment, F-VI first.
-        **optional: ``exact_elbo``, ``metrics`` or ``chunk_size`` of :class:`Setup`.
+        **optional: ``exact_elbo``, ``metrics``, ``chunk_size`` or ``verdict_tolerance`` of
+            :class:`Setup`.
     """
     assert len(data) == scale.num_data, "the data must have the scale's N"
     return Setup(

@@ -12,8 +12,9 @@ Scoring (Margossian and Blei 2024, section 4; the decisions are ours where the p
   gap are recorded too (``exact_elbo``, ``exact_gap``); verdicts use the Monte Carlo estimates.
 * Gap of a fit: the mean of the paired differences ELBO_F-VI(draw) - ELBO_family(draw) against
   the same seed's F-VI fit, with standard error sd / sqrt(draws). The fit's verdict is
-  two-sided: "closed" when |gap| is at most 2 standard errors plus the strict criterion's 1e-4
-  nats per datum (Monte Carlo error and the optimisation error of a fixed budget), "open"
+  two-sided: "closed" when |gap| is at most 2 standard errors plus the setup's tolerance (the
+  strict criterion's 1e-4 nats per datum unless the setup says less: Monte Carlo error and the
+  optimisation error of a fixed budget), "open"
   above, "reference not converged" below (Prop. 2.1 forbids an amortized fit above F-VI's
   optimum). (The standard error is floored at the float32 resolution of the ELBO, below which
   two fits cannot differ meaningfully.)
