@@ -240,10 +240,9 @@ class Algorithm(eqx.Module):
         if index is not None:
             new_rows = _scatter_rows(tables, new_rows, index, num_data)
             new_row_state = _scatter_rows(table_state, new_row_state, index, num_data)
-        new_state = State(
+        new_state = state._replace(
             params=merge_tables(eqx.combine(new_trainable, static), new_rows),
             opt_state=OptState(dense_state, new_row_state),
-            stop=state.stop,
             step=state.step + 1,
             skipped=state.skipped + (~finite).astype(jnp.int32),
         )

@@ -67,6 +67,14 @@ class Run(NamedTuple):
     certificate: Certificate | None
 
 
+def _candidate(state: State) -> VariationalParams:
+    """What the certificate judges and the fit returns: the iterate average once there is one
+    (in the noise-dominated regime where it starts it is the better estimate of the optimum,
+    and a fixed-noise ELBO of a few draws cannot tell the two apart reliably), else the last
+    iterate."""
+    return state.params if state.average is None else state.average
+
+
 def _globals_unsettled(certificate: Certificate) -> bool:
     return any(b.name == "globals" and not b.certified for b in certificate.blocks)
 
@@ -86,6 +94,7 @@ def _run_chunk(
     streamed: StreamedRows | None,
     chunk_size: int,
 ) -> tuple[State, Info]:
+    assert state.average is None, "the iterate average stays outside the compiled steps"
     arrays, static = eqx.partition(state, eqx.is_array)
 
     def body(carry: State, rows: StreamedRows | None) -> tuple[State, Info]:
@@ -103,9 +112,56 @@ def _run_chunk(
     return eqx.combine(arrays, static), info
 
 
-run_chunk = eqx.filter_jit(_run_chunk)
-"""``run_chunk(algorithm, state, key, total, streamed, chunk_size)``: ``chunk_size`` steps in one
-compiled program; ``streamed`` stacks one :class:`avi.data.batch.StreamedRows` per step (or None)."""
+_compiled_chunk = eqx.filter_jit(_run_chunk)
+
+
+def run_chunk(
+    algorithm: Algorithm,
+    state: State,
+    key: jax.Array,
+    total: jax.Array,
+    streamed: StreamedRows | None,
+    chunk_size: int,
+) -> tuple[State, Info]:
+    """``chunk_size`` steps in one compiled program; ``streamed`` stacks one
+    :class:`avi.data.batch.StreamedRows` per step (or None). The iterate average is carried
+    around the program, not through it (the steps never read it, and a per-step copy would
+    cost O(N) for per-datum tables)."""
+    running = state._replace(average=None, averaged=0)
+    new, info = _compiled_chunk(algorithm, running, key, total, streamed, chunk_size)
+    return new._replace(average=state.average, averaged=state.averaged), info
+
+
+def _accumulate(average: VariationalParams, params: VariationalParams, weight: jax.Array):
+    arrays, static = eqx.partition(average, eqx.is_inexact_array)
+    new = eqx.filter(params, eqx.is_inexact_array)
+    mean = jax.tree_util.tree_map(lambda a, p: a + weight * (p - a), arrays, new)
+    return eqx.combine(mean, static)
+
+
+accumulate = eqx.filter_jit(_accumulate)
+
+AVERAGING_DECAY = 1.0
+"""eta of the polynomial-decay average: the k-th chunk end enters with weight
+(eta + 1) / (k + eta)."""
+
+
+def averaged(state: State) -> State:
+    """``state`` with one more chunk end, ``state.params``, in its iterate average.
+
+    Stochastic steps at a fixed rate jitter around the optimum with a spread that the rate
+    sets; an average of the jittering iterates converges to it at the Monte Carlo rate 1/k,
+    which annealing the rate alone does not reach in a fixed budget (Polyak and Juditsky
+    1992). The polynomial-decay average bar-lambda_k = bar-lambda_{k-1} + (eta + 1) /
+    (k + eta) (lambda_k - bar-lambda_{k-1}) (Shamir and Zhang 2013) forgets the iterates of
+    the start, still drifting, as k^-(eta + 1) where the plain mean forgets them as 1/k.
+    """
+    if state.average is None:
+        return state._replace(average=state.params, averaged=1)
+    count = state.averaged + 1
+    weight = (AVERAGING_DECAY + 1) / (count + AVERAGING_DECAY)
+    average = accumulate(state.average, state.params, jnp.asarray(weight, jnp.float32))
+    return state._replace(average=average, averaged=count)
 
 
 def evaluation_index(key: jax.Array, num_data: int, batch_size: int | None) -> jax.Array | None:
@@ -216,26 +272,35 @@ def run(
             if rule is not None:
                 value = evaluate(check_key, state.params, check_problem, check_index)
                 state = state._replace(stop=rule.update(state.stop, value))
+                if state.average is not None:
+                    state = averaged(state)
                 if bool(state.stop.converged):
                     if certifier is None:
                         reason = "converged"
                         break
-                    certificate, certified_at = certifier(state.params, attempts), done
+                    candidate = _candidate(state)
+                    certificate, certified_at = certifier(candidate, attempts), done
                     attempts += 1
                     if _globals_unsettled(certificate) and certificate.natural_step is not None:
                         # Adam's stationary jitter on q(theta): take the natural-gradient step
                         # of the averaged gradient and certify anew; keep it only if the
                         # certified gain left went down.
-                        params = apply_natural_step(state.params, certificate.natural_step)
+                        params = apply_natural_step(candidate, certificate.natural_step)
                         stepped = certifier(params, attempts)
                         attempts += 1
                         if _gain_left(stepped) < _gain_left(certificate):
-                            certificate = stepped
-                            state = state._replace(params=params)
+                            certificate, candidate = stepped, params
+                            average = None if state.average is None else params
+                            state = state._replace(params=params, average=average)
                     if certificate.certified:
+                        state = state._replace(params=candidate)
                         reason = "converged"
                         break
+                    # Refused at the smallest rate: the iterates jitter around the optimum (or
+                    # still drift): average them from here on, and step back one stage.
                     state = state._replace(stop=rule.reopen(state.stop))
+                    if state.average is None:
+                        state = averaged(state)
             if callback is not None:
                 callback_start = time.perf_counter()
                 stop = callback(done, state.params, algorithm.problem)
@@ -243,13 +308,10 @@ def run(
                 if stop:
                     reason = "callback"
                     break
-    if (
-        rule is not None
-        and certifier is not None
-        and reason != "converged"
-        and certified_at != done
-    ):
-        certificate = certifier(state.params, attempts)
+    if rule is not None and reason != "converged":
+        state = state._replace(params=_candidate(state))
+        if certifier is not None and certified_at != done:
+            certificate = certifier(state.params, attempts)
     wall_time = time.perf_counter() - start - paused
     history = History(np.asarray(steps), np.asarray(elbos), np.asarray(times))
     return Run(state, history, wall_time, reason, certificate)

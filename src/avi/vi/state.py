@@ -41,6 +41,10 @@ class State(NamedTuple):
             every update.
         step: steps taken.
         skipped: steps whose loss or gradient was not finite (their update was not applied).
+        average: the running mean of the parameters at the ends of the chunks since the stop
+            rule first fired (Polyak-Ruppert averaging, :func:`avi.vi.runner.run`); None
+            before then.
+        averaged: how many chunk ends ``average`` holds.
     """
 
     params: VariationalParams
@@ -48,6 +52,8 @@ class State(NamedTuple):
     stop: StopState
     step: jax.Array
     skipped: jax.Array
+    average: VariationalParams | None = None
+    averaged: int = 0
 
 
 class Info(NamedTuple):
