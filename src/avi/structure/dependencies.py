@@ -75,9 +75,13 @@ class Findings:
             array enters the local latent's optimal factor.
         unseen: (local, observed site label) -> factors: data outside the data plate that the
             optimal factor depends on datum by datum.
+        siblings: (local, other local) sharing a factor of the joint at the same datum (w_n in
+            the prior of z_n): by Lemma 3.1 the optimal factor of each depends on the other's,
+            hence on the data the other depends on.
     """
 
     coupling: set[Edge] = field(default_factory=set)
+    siblings: set[tuple[str, str]] = field(default_factory=set)
     data: set[Edge] = field(default_factory=set)
     summaries: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     unseen: dict[tuple[str, str], set[str]] = field(default_factory=dict)
@@ -114,8 +118,10 @@ def dependencies(problem: Problem, design: Design) -> Findings:
             idx = [j for j, p in enumerate(row_probes) if p.slot == k]
             for s, by_local in tables.coupling.items():
                 for other, table in by_local.items():
-                    found.coupling |= _coupling_edges(local, other, s, design.probes,
-                                                      np.asarray(table)[idx])
+                    edges = _coupling_edges(local, other, s, design.probes,
+                                            np.asarray(table)[idx], same=other != local)
+                    found.coupling |= {e for e in edges if e.offset != 0}
+                    found.siblings |= {(local, other) for e in edges if e.offset == 0}
             for position, item in enumerate(real):
                 per_site = {s: np.asarray(t[position])[idx] for s, t in tables.data.items()}
                 _data_findings(found, local, item.label, item.along, per_site, design, blocks)
@@ -174,6 +180,11 @@ def decompose(
     nonzero = np.abs(rows) > RTOL * scale
     every = [(int(i), int(m)) for i, m in zip(*np.nonzero(nonzero.any(axis=2)), strict=True)]
     if not blocks:
+        spans = {m - probes[i] for i, m in every}
+        if spans and max(spans) - min(spans) >= max(rows.shape[1] // 2, 2):
+            banded = _banded_decompose(rows, probes, scale)
+            if banded is not None:
+                return banded
         return every, 0
     probes_ = np.asarray(probes)
     index = np.arange(rows.shape[1])
@@ -185,10 +196,16 @@ def decompose(
     # the summary's columns lie far from every probe; a window's mixed columns (window plus
     # summary, non-zero in every row) lie near: widen the exclusion until the rank is least
     # (it never grows as columns are dropped; a window's columns left in add to it)
+    # (an exclusion that leaves no dense column shows nothing: a summary whose derivative lives
+    # on a few data, such as a median or a maximum, would vanish from the basis just because
+    # its columns happen to lie near a probe)
     best = None
     for near in sorted({start} | {d for d in 2 ** np.arange(20) if start < d <= len(index) // 8}):
         far_rows_ = distance > near
-        rank_, basis_ = _rank(rows[:, dense & far_rows_.all(axis=0)[:, None]])
+        kept = dense & far_rows_.all(axis=0)[:, None]
+        if best is not None and not kept.any():
+            break
+        rank_, basis_ = _rank(rows[:, kept])
         if best is None or rank_ < best[0]:
             best = (rank_, basis_, far_rows_)
         if rank_ == 0:
@@ -214,6 +231,59 @@ def decompose(
     if robust[1] >= 0 and len(robust[0]) < len(entries):
         return robust
     return entries, rank
+
+
+def _banded_decompose(
+    rows: np.ndarray, probes: Sequence[int], scale: float
+) -> tuple[list[tuple[int, int]], int] | None:
+    """:func:`decompose` on a small problem, where every datum is probed and no column lies far
+    from every probe: the table is r_n(m) = c_n^T W_m + l_n(m), l_n supported on a band
+    |m - n| <= b. For the narrowest band b (below half the data) and least rank r <=
+    MAX_SUMMARY_RANK such that the entries outside the band are exactly (up to RESIDUAL_RTOL) a
+    rank-r matrix, with enough of them to determine it, the local entries are those of the band
+    that the rank-r matrix does not explain. None when no band and rank do (a dense
+    dependence: a kernel smoother, a cumulative sum).
+    """
+    count, size, width = rows.shape
+    matrix = rows.reshape(count, size * width)
+    offset = (np.arange(size)[None, :] - np.asarray(probes)[:, None])  # (P, size)
+    tol = RESIDUAL_RTOL * scale
+    for band in range(max(size // 2, 1)):
+        outside = np.repeat(np.abs(offset) > band, width, axis=1)
+        for rank in range(1, MAX_SUMMARY_RANK + 1):
+            if outside.sum() < (count + size * width) * rank + count:
+                break
+            fitted = _complete(matrix, outside, rank)
+            if np.max(np.abs(np.where(outside, matrix - fitted, 0.0))) <= tol:
+                local = np.abs(matrix - fitted).reshape(count, size, width) > tol
+                return [(int(i), int(m)) for i, m in
+                        zip(*np.nonzero(local.any(axis=2)), strict=True)], rank
+    return None
+
+
+def _complete(matrix: np.ndarray, known: np.ndarray, rank: int, steps: int = 300) -> np.ndarray:
+    """A rank-``rank`` matrix fitted to the ``known`` entries of ``matrix`` (alternating least
+    squares from the truncated SVD of the known entries)."""
+    u, s, vt = np.linalg.svd(np.where(known, matrix, 0.0), full_matrices=False)
+    left, right = u[:, :rank] * s[:rank], vt[:rank].T
+    target = 1e-3 * RESIDUAL_RTOL * max(float(np.max(np.abs(matrix))), 1e-300)
+    previous = np.inf
+    for step in range(steps):
+        for j in range(matrix.shape[1]):
+            rows_ = known[:, j]
+            right[j] = np.linalg.lstsq(left[rows_], matrix[rows_, j], rcond=None)[0]
+        for i in range(matrix.shape[0]):
+            cols = known[i]
+            left[i] = np.linalg.lstsq(right[cols], matrix[i, cols], rcond=None)[0]
+        error = float(np.max(np.abs(np.where(known, matrix - left @ right.T, 0.0))))
+        if error <= target:
+            break
+        # stalled (not halved in 10 steps): an exactly low-rank table converges, a dense one not
+        if step % 10 == 9:
+            if error > 0.5 * previous:
+                break
+            previous = error
+    return left @ right.T
 
 
 def _by_coordinate(rows: np.ndarray, probes: Sequence[int]) -> tuple[list[tuple[int, int]], int]:
@@ -343,10 +413,16 @@ def _data_findings(
 
 
 def _coupling_edges(
-    local: str, other: str, term: str, probes: Sequence[int], table: np.ndarray
+    local: str,
+    other: str,
+    term: str,
+    probes: Sequence[int],
+    table: np.ndarray,
+    same: bool = False,
 ) -> set[Edge]:
     """Edges from the coupling rows (P, size) of ``other`` along ``local`` at the probed data:
-    every other datum with a non-zero mixed partial (relative to the table's largest entry)."""
+    every other datum with a non-zero mixed partial (relative to the table's largest entry),
+    and the same datum too (offset 0) when ``same``."""
     largest = np.finfo(np.float64).max  # an infinite entry counts as the largest finite one
     scale = float(np.inf if np.isnan(table).any() else min(table.max(initial=0.0), largest))
     if scale == 0.0:
@@ -356,7 +432,7 @@ def _coupling_edges(
         Edge(local, other, term, n, int(m) - n)
         for i, n in enumerate(probes)
         for m in np.flatnonzero(hits[i])
-        if m != n
+        if m != n or same
     }
 
 

@@ -228,11 +228,27 @@ def _exchange_program(
 
 def _without_data(problem: Problem) -> Problem:
     """``problem`` with its per-datum arguments set to None: the program takes them as
-    arguments, so a kept program holds no data and its key no data values."""
+    arguments, so a kept program holds no data and its key no data values.
+
+    The other arguments become constants of a program traced in x64 mode; NumPy arrays among
+    them are copied first. JAX remembers a NumPy constant of an x64 trace by the array itself,
+    and the user's own array (an integer index such as ``county_idx``) would afterwards be
+    treated as 64-bit outside x64 mode too: the user's next gather with it, or the next
+    ``avi.check`` of another model on it, fails with "lax.add requires arguments to have the
+    same dtypes, got int64, int32"."""
     per_datum = {(item.kind, item.key) for item in problem.inputs}
-    args = tuple(None if ("arg", i) in per_datum else a for i, a in enumerate(problem.args))
-    kwargs = {k: None if ("kwarg", k) in per_datum else a for k, a in problem.kwargs.items()}
+    args = tuple(
+        None if ("arg", i) in per_datum else _private(a) for i, a in enumerate(problem.args)
+    )
+    kwargs = {
+        k: None if ("kwarg", k) in per_datum else _private(a) for k, a in problem.kwargs.items()
+    }
     return dataclasses.replace(problem, args=args, kwargs=kwargs)
+
+
+def _private(value: Any) -> Any:
+    """``value`` with every NumPy array in it (containers included) copied."""
+    return jax.tree.map(lambda a: np.array(a) if isinstance(a, np.ndarray) else a, value)
 
 
 def _program_key(problem: Problem, extra: Hashable) -> Hashable | None:

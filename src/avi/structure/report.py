@@ -96,14 +96,18 @@ def window_report(
     problem: Problem,
     windows: Sequence[LocalWindow],
     summaries: Mapping[tuple[str, str], set[str]] | None = None,
+    siblings: Iterable[tuple[str, str]] = (),
 ) -> StructureReport:
     """The verdict for uncoupled local latents: dense, simple hierarchical or expanded domain.
 
     A global summary of a data array (``summaries``: (local, label) -> factors) is the same
     for every datum: it acts as a global parameter fixed by the data, so it is a global
-    influence (Theorem 3.4) and the encoder of the window can represent it.
+    influence (Theorem 3.4) and the encoder of the window can represent it. Local latents
+    sharing a factor at the same datum (``siblings``, w_n in the prior of z_n) depend on the
+    data each other's optimal factor depends on (Lemma 3.1).
     """
     summaries = dict(summaries or {})
+    informed = _informed(windows, summaries, siblings)
     dense = [w for w in windows if w.problem is not None]
     if dense:
         details = "; ".join(f"local latent '{w.local}' {w.problem}" for w in dense)
@@ -116,10 +120,8 @@ def window_report(
             f"data is ideal (Theorem 3.4, Proposition 3.8).{_limit(problem)} Fit it with "
             "avi.Factorized().",
         )
-    details = "; ".join(_links_phrase(problem, w) for w in windows)
-    dataless = tuple(
-        w.local for w in windows if not w.links and not any(k[0] == w.local for k in summaries)
-    )
+    details = "; ".join(_links_phrase(problem, w, informed.get(w.local, ())) for w in windows)
+    dataless = tuple(w.local for w in windows if w.local not in informed)
     extra = _summary_phrase(problem, summaries) + _dataless_phrase(dataless)
     labels = tuple(sorted({label for _, label in summaries}))
     inputs = tuple(sorted({0} | {offset for w in windows for _, offset in w.links}))
@@ -333,8 +335,44 @@ def _through(problem: Problem, local: str, terms: Iterable[str]) -> str:
     return "through " + join([_term_phrase(problem, local, t) for t in sorted(set(terms))])
 
 
-def _links_phrase(problem: Problem, window: LocalWindow) -> str:
+def _informed(
+    windows: Sequence[LocalWindow],
+    summaries: Mapping[tuple[str, str], set[str]],
+    siblings: Iterable[tuple[str, str]],
+) -> dict[str, tuple[str, ...]]:
+    """Local latents whose optimal factor depends on some data -> the local latents of the
+    same datum it reaches them through (empty when it depends on data directly).
+
+    A local latent with no data link of its own but a factor shared, at the same datum, with
+    one that has (directly or again through siblings) depends on that datum's data too.
+    """
+    direct = {w.local for w in windows if w.links} | {local for local, _ in summaries}
+    neighbours: dict[str, set[str]] = {}
+    for a, b in siblings:
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    informed: dict[str, tuple[str, ...]] = {name: () for name in direct}
+    for w in windows:
+        if w.local in informed:
+            continue
+        seen, frontier = {w.local}, [w.local]
+        while frontier:
+            frontier = [m for n in frontier for m in sorted(neighbours.get(n, ())) if m not in seen]
+            seen |= set(frontier)
+        through = tuple(sorted(seen & direct))
+        if through:
+            informed[w.local] = through
+    return informed
+
+
+def _links_phrase(problem: Problem, window: LocalWindow, through: Sequence[str] = ()) -> str:
     """What a local latent's optimal factor depends on, source by source."""
+    if not window.links and through:
+        names = join([f"'{n}'" for n in through])
+        return (
+            f"'{window.local}' depends on the data only through {names} of the same datum "
+            "(a factor shared with it)"
+        )
     if not window.links:
         return f"'{window.local}' depends on no data (only on the globals)"
     by_source: dict[str, list[tuple[int, frozenset[str]]]] = {}

@@ -92,7 +92,7 @@ def _prefix_report(problem: Problem) -> StructureReport:
         moved = _position_dependent(problem, offsets)
         if moved is not None:
             return position_report(problem, offsets, moved)
-    return window_report(problem, windows, found.summaries)
+    return window_report(problem, windows, found.summaries, found.siblings)
 
 
 def exchange_pairs(size: int, offsets: tuple[int, ...]) -> list[tuple[int, int]]:
