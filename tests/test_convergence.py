@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -26,6 +27,7 @@ import pytest
 
 import avi
 from avi.paper.experiments import linear
+from avi.vi.certify import u_statistic
 from avi.vi.certify import certify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +106,26 @@ def test_certificate_measures_the_gain_left_on_the_linear_model(linear_data, lin
     assert globals_.name == "globals" and not globals_.certified and not off.certified
     # The quadratic model's error is third order in log 1.2 (~10%), plus Monte Carlo error.
     assert abs(globals_.gain - exact) < 0.15 * exact + 3 * globals_.stderr, (globals_, exact)
+
+
+def test_the_u_statistic_is_the_mean_off_diagonal_cross_product_with_its_jackknife():
+    """The O(m d) form equals the explicit m x m matrix of cross products and its
+    leave-one-group-out jackknife."""
+    rng = np.random.default_rng(0)
+    left, right = rng.normal(size=(2, 9, 5))
+    products = 0.5 * left @ right.T
+    symmetric = 0.5 * (products + products.T)
+    m = symmetric.shape[0]
+    off = symmetric - np.diag(np.diag(symmetric))
+    estimate = off.sum() / (m * (m - 1))
+    leave_out = [
+        np.delete(np.delete(off, i, 0), i, 1).sum() / ((m - 1) * (m - 2)) for i in range(m)
+    ]
+    stderr = math.sqrt((m - 1) / m * np.sum((np.asarray(leave_out) - np.mean(leave_out)) ** 2))
+    got = u_statistic(left, right)
+    np.testing.assert_allclose(got, (estimate, stderr), rtol=1e-10)
+    same = u_statistic(left, left)
+    np.testing.assert_allclose(same[0], (left.sum(0) @ left.sum(0) - (left**2).sum()) / 2 / 72)
 
 
 # ---------------------------------------------------------------------------- linear model
@@ -275,23 +297,51 @@ def test_a_fixed_budget_fit_reports_certification_without_a_warning(recwarn):
 # --------------------------------------------------------------------------- nonlinear model
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known miss: the default F-VI fit of the nonlinear model (N = 2,000) is not certified "
-    "after 20,000 steps; its certificate finds 5.9 +- 1.3 nats left in the per-datum tables "
-    "(the stored reference needed a constant rate with iterate averaging). The certificate "
-    "refuses honestly (ConvergenceWarning); the optimiser must improve.",
-)
-def test_default_factorized_fit_of_the_nonlinear_model_matches_a_long_run():
+def _nonlinear_default_fit() -> tuple[avi.Fit, float, list]:
+    """The default F-VI fit of the nonlinear model on the stored reference's data, its exact
+    (quadrature) shortfall from the mean-field optimum, and the warnings it raised."""
     from avi.paper.experiments import nonlinear
 
     reference = _reference("nonlinear")
     x = np.asarray(reference["data"]["x"], np.float32)
-    fit = avi.fit(nonlinear.model, x, family="factorized", progress=False)
-    assert fit.converged, fit.certificate
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = avi.fit(nonlinear.model, x, family="factorized", progress=False)
     params = _site_params(fit)
     with jax.enable_x64(True):
         p = {k: (jnp.asarray(v[0]), jnp.asarray(v[1])) for k, v in params.items()}
         elbo = float(references.quad_elbo_nonlinear(p, jnp.asarray(x, jnp.float64)))
-    assert reference["quadrature"]["elbo_max"] - elbo < 0.5
+    return fit, reference["quadrature"]["elbo_max"] - elbo, list(caught)
+
+
+@pytest.mark.slow
+def test_default_factorized_fit_of_the_nonlinear_model_is_averaged_close_and_honest():
+    """The stop rule's iterate averaging brings the default F-VI fit to 0.79 nats of the
+    quadrature optimum (3.1 nats for the last iterate, as before averaging); q(theta) is
+    certified, and the per-datum tables, whose gradient noise the certificate resolves only to
+    +- 0.4 nats at 4,096 draws, are honestly reported unsettled, never called converged
+    while short."""
+    fit, shortfall, caught = _nonlinear_default_fit()
+    assert 0 <= shortfall < 1.5, shortfall
+    globals_ = next(b for b in fit.certificate.blocks if b.name == "globals")
+    assert globals_.certified, fit.certificate
+    if not fit.converged:
+        assert any(issubclass(w.category, avi.ConvergenceWarning) for w in caught)
+        assert "tables" in str(fit.certificate.unsettled()[0])
+    else:
+        assert shortfall < 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="Known miss: the default F-VI fit of the nonlinear model (N = 2,000) ends 0.79 nats "
+    "below the quadrature optimum after 20,000 steps (3.1 before iterate averaging), the "
+    "target is 0.5; its certificate finds 0.96 +- 0.42 nats left in the per-datum tables "
+    "(tolerance 0.07) and says so (ConvergenceWarning). The stored reference needed 128,000 "
+    "averaged draws (32 per step) to get within 0.03 nats.",
+)
+def test_default_factorized_fit_of_the_nonlinear_model_matches_a_long_run():
+    fit, shortfall, _ = _nonlinear_default_fit()
+    assert fit.converged, fit.certificate
+    assert shortfall < 0.5

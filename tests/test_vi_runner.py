@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -73,3 +74,52 @@ def test_annealing_stages_are_on_by_default_and_off_on_request(x):
 def test_a_fixed_step_count_says_so(x):
     fit = avi.fit(linear.model, x, family="constant", num_steps=250, progress=False)
     assert fit.stop_reason == "num_steps" and fit.num_steps == 250
+
+
+# ------------------------------------------------------------------------ iterate averaging
+
+
+def _exact_shortfall(params, x: np.ndarray) -> float:
+    """Closed-form F-VI optimum minus the exact ELBO of ``params`` on the linear model."""
+    theta = linear.Gaussian(
+        float(params.global_loc[0]), float(np.exp(2 * params.global_log_scale[0]))
+    )
+    z = linear.Gaussian(
+        np.asarray(params.local["loc"][:, 0]), np.exp(2 * np.asarray(params.local["log_scale"][:, 0]))
+    )
+    return linear.factorized_optimum(x).elbo - linear.elbo(x, theta, z)
+
+
+def test_a_certified_first_plateau_returns_the_last_iterate(x):
+    fit = avi.fit(linear.model, x, family="factorized", progress=False)
+    assert fit.converged and fit.state.average is None and fit.state.averaged == 0
+
+
+def test_after_a_refusal_the_average_is_certified_and_returned_and_beats_the_last_iterate():
+    """Without sticking-the-landing the F-VI gradient stays noisy at the optimum, so the
+    annealed iterates jitter and the certificate refuses them; from the first refusal on the
+    runner averages the chunk ends, and the average is what the fit returns. Against the
+    closed form (no Monte Carlo error) it is closer to the optimum than the last iterate
+    (measured at N = 200, 10,000 steps: 0.067 against 0.119 nats; 0.055 against 0.35 at
+    N = 500 and 20,000 steps)."""
+    data = linear.simulate(200, seed=0)
+    last = {}
+
+    def keep(step, params, problem):
+        last["params"] = params
+
+    with warnings.catch_warnings():  # certified or not, the average is what comes back
+        warnings.simplefilter("ignore", avi.ConvergenceWarning)
+        fit = avi.fit(
+            linear.model,
+            data,
+            family="factorized",
+            sticking_the_landing=False,
+            max_steps=10_000,
+            callback=keep,
+            progress=False,
+        )
+    assert fit.state.averaged > 10, fit.certificate
+    assert fit.params is fit.state.average
+    returned, iterate = _exact_shortfall(fit.params, data), _exact_shortfall(last["params"], data)
+    assert 0 <= returned < 0.8 * iterate, (returned, iterate)

@@ -171,8 +171,6 @@ def _group_gradient(
     return mean, jnp.sum(~finite)
 
 
-group_gradient = eqx.filter_jit(_group_gradient)
-
 
 def natural_units(grads: dict[str, jax.Array], fisher: dict[str, jax.Array]) -> jax.Array:
     """Gradients in the factor's Fisher units, u = g / sqrt(F) (flattened): 1/2 u.u is the
@@ -183,6 +181,67 @@ def natural_units(grads: dict[str, jax.Array], fisher: dict[str, jax.Array]) -> 
 def _global_units(grad: VariationalParams, params: VariationalParams) -> jax.Array:
     fisher = GLOBAL_FACTOR.fisher({"loc": params.global_loc, "log_scale": params.global_log_scale})
     return natural_units({"loc": grad.global_loc, "log_scale": grad.global_log_scale}, fisher)
+
+
+class GroupEvidence(NamedTuple):
+    """One group's mean gradient as the certificate uses it.
+
+    Attributes:
+        moved: q(theta)'s mean gradient (for the natural step).
+        globals: it in natural units (empty without globals).
+        tables: the free per-datum factors' gradients in natural units, flattened (empty
+            without them).
+        shared: the shared local parameters' gradient, flattened (empty without them).
+        non_finite: draws left out as not finite.
+    """
+
+    moved: dict[str, jax.Array]
+    globals: jax.Array
+    tables: jax.Array
+    shared: jax.Array
+    non_finite: jax.Array
+
+
+def _group_evidence(
+    keys: jax.Array,
+    params: VariationalParams,
+    problem: Problem,
+    stl: bool,
+    free_keys: tuple[tuple[str, str], ...],
+    shared_keys: tuple[str, ...],
+) -> GroupEvidence:
+    """:func:`_group_gradient` and its conversion to the blocks' units, in one program (a
+    certificate runs up to hundreds of groups: one dispatch each)."""
+    grad, bad = _group_gradient(keys, params, problem, stl)
+    units = jnp.zeros(0)
+    if problem.layout.global_dim:
+        units = _global_units(grad, params)
+    tables = jnp.zeros(0)
+    if free_keys:
+        free = {name: params.local[k] for name, k in free_keys}
+        grads = {name: grad.local[k] for name, k in free_keys}
+        tables = factor_units(problem.family.factor, free, grads).ravel()
+    shared = _flat_shared(grad, shared_keys) if shared_keys else jnp.zeros(0)
+    moved = {"global_loc": grad.global_loc, "global_log_scale": grad.global_log_scale}
+    return GroupEvidence(moved, units, tables, shared, bad)
+
+
+def _round_evidence(
+    keys: jax.Array,
+    params: VariationalParams,
+    problem: Problem,
+    stl: bool,
+    free_keys: tuple[tuple[str, str], ...],
+    shared_keys: tuple[str, ...],
+) -> GroupEvidence:
+    """:func:`_group_evidence` of each group of ``keys`` (groups, draws, key), stacked: a round
+    of the certificate in one program."""
+    return jax.lax.map(
+        lambda k: _group_evidence(k, params, problem, stl, free_keys, shared_keys), keys
+    )
+
+
+round_evidence = eqx.filter_jit(_round_evidence)
 
 
 DAMPING = 1e-3
@@ -260,16 +319,19 @@ def _flat_shared(grad: VariationalParams, shared_keys: tuple[str, ...]) -> jax.A
     return ravel_pytree(eqx.filter(shared, eqx.is_inexact_array))[0]
 
 
-def _u_statistic(products: np.ndarray) -> tuple[float, float]:
-    """Mean of the off-diagonal entries of the symmetric matrix of cross products, with its
-    jackknife (leave one group out) standard error."""
-    m = products.shape[0]
-    off = products - np.diag(np.diag(products))
-    total = off.sum()
+def u_statistic(left: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """Mean of the off-diagonal entries of the symmetric matrix of cross products
+    S = 1/4 (L R^T + R L^T) of the groups' rows, with its jackknife (leave one group out)
+    standard error; in O(m d) for m groups of d numbers (S is never formed)."""
+    m = left.shape[0]
+    sum_left, sum_right = left.sum(axis=0), right.sum(axis=0)
+    diagonal = 0.5 * np.einsum("ij,ij->i", left, right)
+    total = 0.5 * sum_left @ sum_right - diagonal.sum()
     estimate = total / (m * (m - 1))
     if m < 3:
         return float(estimate), math.inf
-    leave_out = (total - 2 * off.sum(axis=1)) / ((m - 1) * (m - 2))
+    row_sums = 0.25 * (left @ sum_right + right @ sum_left) - diagonal
+    leave_out = (total - 2 * row_sums) / ((m - 1) * (m - 2))
     stderr = math.sqrt((m - 1) / m * np.sum((leave_out - leave_out.mean()) ** 2))
     return float(estimate), float(stderr)
 
@@ -304,7 +366,6 @@ def certify(
             the data for each group (None: every draw sees the full data).
     """
     layout = problem.layout
-    factor = problem.family.factor
     free_keys = _free_keys(problem.family, params.local)
     free = {name: params.local[k] for name, k in free_keys.items() if params.local[k].size}
     shared_keys = tuple(
@@ -328,26 +389,38 @@ def certify(
     totals: dict[str, jax.Array] | None = None
     draws = non_finite = 0
     while True:
-        for _ in range(groups_per_round):
-            key, group_key, subset_key = jax.random.split(key, 3)
-            on = problem if restrict is None else restrict(subset_key, problem)
-            grad, bad = group_gradient(
-                jax.random.split(group_key, DRAWS_PER_GROUP), params, on, sticking_the_landing
-            )
-            draws += DRAWS_PER_GROUP
-            non_finite += int(bad)
-            moved = {"global_loc": grad.global_loc, "global_log_scale": grad.global_log_scale}
-            totals = moved if totals is None else jax.tree_util.tree_map(jnp.add, totals, moved)
+        key, round_key, subset_key = jax.random.split(key, 3)
+        keys = jax.random.split(round_key, groups_per_round * DRAWS_PER_GROUP)
+        keys = keys.reshape(groups_per_round, DRAWS_PER_GROUP, *keys.shape[1:])
+        options = (
+            sticking_the_landing,
+            tuple((name, free_keys[name]) for name in free),
+            shared_keys if draws < max_draws else (),
+        )
+        if restrict is None:
+            rounds = [round_evidence(keys, params, problem, *options)]
+        else:  # each group on a fresh subset of the streamed data
+            subsets = jax.random.split(subset_key, groups_per_round)
+            rounds = [
+                round_evidence(keys[g : g + 1], params, restrict(subsets[g], problem), *options)
+                for g in range(groups_per_round)
+            ]
+        solving = bool(options[2])
+        for group in rounds:
+            group = jax.tree_util.tree_map(np.asarray, group)
+            non_finite += int(group.non_finite.sum())
+            moved = {k: v.sum(axis=0) for k, v in group.moved.items()}
+            totals = moved if totals is None else {k: totals[k] + moved[k] for k in moved}
             if layout.global_dim:
-                vectors["globals"].append(np.asarray(_global_units(grad, params)))
+                vectors["globals"].extend(group.globals)
             if free:
-                grads = {name: grad.local[free_keys[name]] for name in free}
-                vectors[table_name].append(np.asarray(factor_units(factor, free, grads)).ravel())
-            if shared_keys and draws <= max_draws:
-                pending.append(_flat_shared(grad, shared_keys))
-            if len(pending) == GROUPS_PER_SOLVE:
-                vectors["encoder"].append(np.mean([np.asarray(p) for p in pending], axis=0))
-                pending = []
+                vectors[table_name].extend(group.tables)
+            if solving:
+                pending.extend(group.shared)
+        draws += groups_per_round * DRAWS_PER_GROUP
+        while len(pending) >= GROUPS_PER_SOLVE:
+            vectors["encoder"].append(np.mean(pending[:GROUPS_PER_SOLVE], axis=0))
+            pending = pending[GROUPS_PER_SOLVE:]
         if len(vectors["encoder"]) > len(solved):
             new = jnp.asarray(np.stack(vectors["encoder"][len(solved) :]))
             solved.extend(np.asarray(gauss_newton_solve(params, problem, shared_keys, new)))
@@ -357,8 +430,7 @@ def certify(
                 continue
             left = np.stack(rows).astype(np.float64)
             right = np.asarray(solved, np.float64) if name == "encoder" else left
-            products = 0.5 * left @ right.T
-            gain, stderr = _u_statistic(0.5 * (products + products.T))
+            gain, stderr = u_statistic(left, right)
             evidence.append(_block(name, left.shape[1], gain, stderr, tolerance[name]))
         undecided = {
             b.name
@@ -369,7 +441,7 @@ def certify(
             draws < cheap_draws and undecided - {"encoder"}
         )
         if non_finite or not more:
-            mean = {k: v / (draws // DRAWS_PER_GROUP) for k, v in totals.items()}
+            mean = {k: jnp.asarray(v / (draws // DRAWS_PER_GROUP)) for k, v in totals.items()}
             step = _natural_step(mean, params) if not non_finite else None
             return Certificate(tuple(evidence), draws, non_finite, step)
 
