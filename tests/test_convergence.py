@@ -128,6 +128,28 @@ def test_the_u_statistic_is_the_mean_off_diagonal_cross_product_with_its_jackkni
     np.testing.assert_allclose(same[0], (left.sum(0) @ left.sum(0) - (left**2).sum()) / 2 / 72)
 
 
+def test_dense_and_conjugate_gradient_curvatures_certify_alike(linear_data, monkeypatch):
+    """A small encoder's curvature as a dense matrix (one product per parameter, solved in
+    float64) gives the gains of conjugate gradients per solve to within the latter's float32
+    residual tolerance on a damped, ill-conditioned G (measured 3.5% and 6% apart; CG's gain
+    unchanged with 20 times the iterations and 64 times the trace probes)."""
+    module = sys.modules["avi.vi.certify"]
+    fit = avi.fit(
+        linear.model,
+        linear_data,
+        family=avi.Amortized(avi.MLP(width=4)),
+        num_steps=300,
+        progress=False,
+    )
+    dense = certify(jax.random.PRNGKey(0), fit.params, fit.problem, max_draws=64)
+    monkeypatch.setattr(module, "DENSE_CURVATURE", 0)
+    iterative = certify(jax.random.PRNGKey(0), fit.params, fit.problem, max_draws=64)
+    (encoder,) = [b for b in dense.blocks if b.name == "encoder"]
+    (again,) = [b for b in iterative.blocks if b.name == "encoder"]
+    assert encoder.gain > 0.01
+    assert abs(encoder.gain - again.gain) < 0.1 * encoder.gain, (encoder, again)
+
+
 # ---------------------------------------------------------------------------- linear model
 
 

@@ -14,8 +14,10 @@ in nats, whatever the parameterisation:
   at the optimum: a q(theta) whose sd is off by a factor (1 + eps) leaves eps^2 nats.
 * Shared local parameters phi (an encoder, the constant factor) act through the factors they
   output, (m_n, log s_n) = f_phi(x_n): their curvature is the Gauss-Newton matrix
-  G = sum_n J_n^T F_n J_n with F_n the factors' Fisher, and G^+ g is found by conjugate
-  gradients with Jacobian-vector products (never forming G).
+  G = sum_n J_n^T F_n J_n with F_n the factors' Fisher; G^+ g is solved from G formed column
+  by column (one Jacobian-vector product per parameter, once per certificate) for encoders of
+  up to :data:`DENSE_CURVATURE` parameters, else by conjugate gradients with
+  Jacobian-vector products (never forming G).
 
 g is only known through Monte Carlo estimates, and the plug-in 1/2 g_hat^T G^+ g_hat is biased
 upwards by the estimate's noise. The certificate therefore averages the gradient over groups of
@@ -261,16 +263,13 @@ CURVATURE_DRAWS = 16
 G = sum_n E_q(theta)[J_n^T F_n J_n] (a Monte Carlo estimate of the shared block's metric)."""
 
 
-def _gauss_newton_solve(
-    params: VariationalParams,
-    problem: Problem,
-    shared_keys: tuple[str, ...],
-    rhs: jax.Array,
-) -> jax.Array:
-    """G^+ r for each row r of ``rhs`` (flattened shared parameters), G = J^T F J of the map
-    from the shared local parameters to the factors' parameters lambda_n, F the factor's Fisher
-    (diag(1/s^2, 2) for the diagonal Gaussian; :func:`avi.families.factor.fisher_product`), on
-    the problem's data (streamed: the group's subset, scaled to N)."""
+def _curvature_operator(
+    params: VariationalParams, problem: Problem, shared_keys: tuple[str, ...]
+) -> tuple[Callable[[jax.Array], jax.Array], jax.Array]:
+    """v -> G v, G = J^T F J of the map from the shared local parameters (flattened) to the
+    factors' parameters lambda_n, F the factor's Fisher (diag(1/s^2, 2) for the diagonal
+    Gaussian; :func:`avi.families.factor.fisher_product`), on the problem's data (streamed:
+    the traced rows, scaled to N); and the flattened shared parameters."""
     shared = {k: params.local[k] for k in shared_keys}
     trainable, static = eqx.partition(shared, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(trainable)
@@ -295,6 +294,18 @@ def _gauss_newton_solve(
         (back,) = transpose(jax.tree_util.tree_map(lambda p: rows * p, product))
         return back
 
+    return curvature, flat
+
+
+def _gauss_newton_solve(
+    params: VariationalParams,
+    problem: Problem,
+    shared_keys: tuple[str, ...],
+    rhs: jax.Array,
+) -> jax.Array:
+    """G^+ r for each row r of ``rhs`` by damped conjugate gradients
+    (:func:`_curvature_operator`)."""
+    curvature, flat = _curvature_operator(params, problem, shared_keys)
     probes = jax.random.rademacher(jax.random.PRNGKey(0), (TRACE_PROBES, flat.size), flat.dtype)
     trace = jnp.mean(jax.vmap(lambda v: jnp.vdot(v, curvature(v)))(probes))
     damping = DAMPING * trace / flat.size
@@ -312,6 +323,33 @@ def _gauss_newton_solve(
 
 
 gauss_newton_solve = eqx.filter_jit(_gauss_newton_solve)
+
+DENSE_CURVATURE = 1024
+"""Shared blocks of at most this many parameters get G as a dense matrix, one product per
+parameter once per certificate, and every solve from it; larger ones use conjugate gradients
+per solve (tens of products each)."""
+
+
+def _dense_curvature(
+    params: VariationalParams, problem: Problem, shared_keys: tuple[str, ...]
+) -> jax.Array:
+    """G (:func:`_curvature_operator`) as a dense matrix, column by column."""
+    curvature, flat = _curvature_operator(params, problem, shared_keys)
+    return jax.lax.map(curvature, jnp.eye(flat.size, dtype=flat.dtype))
+
+
+dense_curvature = eqx.filter_jit(_dense_curvature)
+
+
+def dense_solve(curvature: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """(G + damping I)^+ r for each row r of ``rhs``, the damping as in the conjugate-gradient
+    path but from G's exact trace; NaN where G is not finite (a factor without a Fisher)."""
+    if not np.all(np.isfinite(curvature)):
+        return np.full(rhs.shape, np.nan)
+    curvature = 0.5 * (curvature + curvature.T)
+    size = curvature.shape[0]
+    damped = curvature + DAMPING * np.trace(curvature) / size * np.eye(size)
+    return (np.linalg.pinv(damped, hermitian=True) @ rhs.T).T
 
 
 def _flat_shared(grad: VariationalParams, shared_keys: tuple[str, ...]) -> jax.Array:
@@ -385,6 +423,8 @@ def certify(
     )
     vectors: dict[str, list[np.ndarray]] = {"globals": [], table_name: [], "encoder": []}
     solved: list[np.ndarray] = []
+    dense = bool(shared_keys) and _flat_shared(params, shared_keys).size <= DENSE_CURVATURE
+    curvature: np.ndarray | None = None
     pending: list[jax.Array] = []
     totals: dict[str, jax.Array] | None = None
     draws = non_finite = 0
@@ -422,8 +462,17 @@ def certify(
             vectors["encoder"].append(np.mean(pending[:GROUPS_PER_SOLVE], axis=0))
             pending = pending[GROUPS_PER_SOLVE:]
         if len(vectors["encoder"]) > len(solved):
-            new = jnp.asarray(np.stack(vectors["encoder"][len(solved) :]))
-            solved.extend(np.asarray(gauss_newton_solve(params, problem, shared_keys, new)))
+            new = np.stack(vectors["encoder"][len(solved) :])
+            if dense:
+                if curvature is None:
+                    curvature = np.asarray(
+                        dense_curvature(params, problem, shared_keys), np.float64
+                    )
+                solved.extend(dense_solve(curvature, new.astype(np.float64)))
+            else:
+                solved.extend(
+                    np.asarray(gauss_newton_solve(params, problem, shared_keys, jnp.asarray(new)))
+                )
         evidence = []
         for name, rows in vectors.items():
             if not rows:
