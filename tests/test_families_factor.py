@@ -16,6 +16,8 @@ for 5 below the optimum).
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -88,10 +90,15 @@ def test_a_nearly_gaussian_student_t_factor_reaches_the_gaussian_optimum(x, fami
 
 
 def test_heavy_tails_cost_nats_on_a_gaussian_posterior(x):
+    """A t(2) factor's draws have infinite variance, and so do its ELBO gradients: the
+    certificate may not settle its tables (a ConvergenceWarning, honest); whatever the stop,
+    the factor cannot reach the Gaussian CAVI optimum."""
     optimum = linear.factorized_optimum(x).elbo
-    fit = avi.fit(
-        linear.model, x, family=avi.Factorized(factor=StudentT(2.0)), seed=0, progress=False
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", avi.ConvergenceWarning)
+        fit = avi.fit(
+            linear.model, x, family=avi.Factorized(factor=StudentT(2.0)), seed=0, progress=False
+        )
     estimate = fit.elbo(num_particles=2000, seed=1)
     assert estimate.mean < optimum - 5.0
 
