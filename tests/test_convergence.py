@@ -165,11 +165,21 @@ def test_default_linear_fits_reach_the_optimum_and_say_so(linear_data, linear_op
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("num_data", [100_000])
-@pytest.mark.parametrize("family", ["factorized", "amortized"])
+@pytest.mark.parametrize(
+    ("num_data", "family"),
+    [
+        (100_000, "factorized"),
+        (100_000, "amortized"),
+        (1_000_000, "factorized"),
+        (1_000_000, avi.Amortized(avi.Polynomial(1))),
+    ],
+    ids=["1e5-factorized", "1e5-amortized", "1e6-factorized", "1e6-polynomial"],
+)
 def test_default_linear_fits_at_scale(num_data, family):
-    """N = 10^5 (measured: sd ratios 1.003, exact gaps 0.17 and 1.19 nats; N = 10^6 is left
-    out of the suite for its time, the amortized certificate's solves growing with N)."""
+    """Measured (seed 0, 2 cores): N = 10^5 factorized sd ratio 0.995, exact gap 0.095 nats,
+    23 s; amortized MLP(32) 0.989, 1.18 nats, 125 s; N = 10^6 factorized 0.994, 0.39 nats,
+    84 s; Polynomial(1) 1.009, 0.011 nats, 47 s (before certification the default fits
+    stopped with q(theta) 8.5 times too wide at 10^6)."""
     x = linear.simulate(num_data, seed=0)
     optimum = linear.factorized_optimum(x)
     fit = avi.fit(linear.model, x, family=family, progress=False)
