@@ -229,12 +229,13 @@ def test_default_factorized_fit_matches_the_autonormal_optimum(name):
     params = _site_params(fit)
     elbo = _exact_elbo(quadrature, params, data)
     assert reference["quadrature"]["elbo_max"] - elbo < 0.1
-    # The target is 0.1 sd; the certificate's globals tolerance (2.5e-3 nats per
-    # coordinate, summed over the block) allows one coordinate up to ~0.12 sd, and logistic
-    # mu was measured 0.108 sd away: 0.15 sd is what the certificate guarantees here.
+    # The target, 0.1 sd (measured at most 0.082, logistic tau; eight schools 0.032;
+    # 0.108 for logistic mu before the certificate drew on while undecided). The certificate's
+    # globals tolerance (2.5e-3 nats per coordinate, summed over the block) would allow one
+    # coordinate up to ~0.12 sd.
     for site, info in reference["quadrature"]["globals_at_optimum"].items():
         loc, _ = params[site]
-        assert abs(float(loc) - info["auto_loc"]) < 0.15 * info["auto_scale"], site
+        assert abs(float(loc) - info["auto_loc"]) < 0.1 * info["auto_scale"], site
 
 
 @pytest.mark.slow
