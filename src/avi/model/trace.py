@@ -136,8 +136,8 @@ def _choose_plate(trace: Mapping[str, Any], plate: str | None) -> str:
         names = ", ".join(f"'{p}'" for p in (outer if len(outer) > 1 else candidates))
         raise ModelError(
             f"Cannot tell which plate is the data plate: candidates {names} each hold latent "
-            "and observed sites, and none contains the others. Name it with "
-            "avi.fit(..., plate='name')."
+            "and observed sites, and none contains the others. Name it with plate='name' "
+            "(avi.fit, avi.check, avi.compare and the command line's --plate all take it)."
         )
     return outer[0]
 
