@@ -204,30 +204,6 @@ class GroupEvidence(NamedTuple):
     non_finite: jax.Array
 
 
-def _group_evidence(
-    keys: jax.Array,
-    params: VariationalParams,
-    problem: Problem,
-    stl: bool,
-    free_keys: tuple[tuple[str, str], ...],
-    shared_keys: tuple[str, ...],
-) -> GroupEvidence:
-    """:func:`_group_gradient` and its conversion to the blocks' units, in one program (a
-    certificate runs up to hundreds of groups: one dispatch each)."""
-    grad, bad = _group_gradient(keys, params, problem, stl)
-    units = jnp.zeros(0)
-    if problem.layout.global_dim:
-        units = _global_units(grad, params)
-    tables = jnp.zeros(0)
-    if free_keys:
-        free = {name: params.local[k] for name, k in free_keys}
-        grads = {name: grad.local[k] for name, k in free_keys}
-        tables = factor_units(problem.family.factor, free, grads).ravel()
-    shared = _flat_shared(grad, shared_keys) if shared_keys else jnp.zeros(0)
-    moved = {"global_loc": grad.global_loc, "global_log_scale": grad.global_log_scale}
-    return GroupEvidence(moved, units, tables, shared, bad)
-
-
 def _round_evidence(
     keys: jax.Array,
     params: VariationalParams,
@@ -236,11 +212,23 @@ def _round_evidence(
     free_keys: tuple[tuple[str, str], ...],
     shared_keys: tuple[str, ...],
 ) -> GroupEvidence:
-    """:func:`_group_evidence` of each group of ``keys`` (groups, draws, key), stacked: a round
-    of the certificate in one program."""
-    return jax.lax.map(
-        lambda k: _group_evidence(k, params, problem, stl, free_keys, shared_keys), keys
-    )
+    """For each group of ``keys`` (groups, draws, key), :func:`_group_gradient` in the blocks'
+    units, stacked: a round of the certificate in one program (a certificate runs up to
+    hundreds of groups)."""
+
+    def group(group_keys: jax.Array) -> GroupEvidence:
+        grad, bad = _group_gradient(group_keys, params, problem, stl)
+        units = _global_units(grad, params) if problem.layout.global_dim else jnp.zeros(0)
+        tables = jnp.zeros(0)
+        if free_keys:
+            free = {name: params.local[k] for name, k in free_keys}
+            grads = {name: grad.local[k] for name, k in free_keys}
+            tables = factor_units(problem.family.factor, free, grads).ravel()
+        shared = _flat_shared(grad, shared_keys) if shared_keys else jnp.zeros(0)
+        moved = {"global_loc": grad.global_loc, "global_log_scale": grad.global_log_scale}
+        return GroupEvidence(moved, units, tables, shared, bad)
+
+    return jax.lax.map(group, keys)
 
 
 round_evidence = eqx.filter_jit(_round_evidence)

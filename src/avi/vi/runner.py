@@ -112,24 +112,11 @@ def _run_chunk(
     return eqx.combine(arrays, static), info
 
 
-_compiled_chunk = eqx.filter_jit(_run_chunk)
-
-
-def run_chunk(
-    algorithm: Algorithm,
-    state: State,
-    key: jax.Array,
-    total: jax.Array,
-    streamed: StreamedRows | None,
-    chunk_size: int,
-) -> tuple[State, Info]:
-    """``chunk_size`` steps in one compiled program; ``streamed`` stacks one
-    :class:`avi.data.batch.StreamedRows` per step (or None). The iterate average is carried
-    around the program, not through it (the steps never read it, and a per-step copy would
-    cost O(N) for per-datum tables)."""
-    running = state._replace(average=None, averaged=0)
-    new, info = _compiled_chunk(algorithm, running, key, total, streamed, chunk_size)
-    return new._replace(average=state.average, averaged=state.averaged), info
+run_chunk = eqx.filter_jit(_run_chunk)
+"""``run_chunk(algorithm, state, key, total, streamed, chunk_size)``: ``chunk_size`` steps in one
+compiled program; ``streamed`` stacks one :class:`avi.data.batch.StreamedRows` per step (or None).
+The state's iterate average must be taken out first (:func:`run` carries it around the
+program: the steps never read it, and a copy per step would cost O(N) for per-datum tables)."""
 
 
 def _accumulate(average: VariationalParams, params: VariationalParams, weight: jax.Array):
@@ -250,7 +237,9 @@ def run(
     ) as bar:
         while done < num_steps:
             rows = next_rows
-            state, info = run_chunk(algorithm, state, key, total, rows, chunk_size)
+            running = state._replace(average=None, averaged=0)
+            running, info = run_chunk(algorithm, running, key, total, rows, chunk_size)
+            state = running._replace(average=state.average, averaged=state.averaged)
             if source is not None:  # read the next chunk while the device works on this one
                 next_rows = source.chunk()
             taken = min(chunk_size, num_steps - done)
