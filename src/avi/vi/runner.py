@@ -133,7 +133,7 @@ AVERAGING_DECAY = 1.0
 (eta + 1) / (k + eta)."""
 
 
-def averaged(state: State) -> State:
+def add_to_average(state: State) -> State:
     """``state`` with one more chunk end, ``state.params``, in its iterate average.
 
     Stochastic steps at a fixed rate jitter around the optimum with a spread that the rate
@@ -262,7 +262,7 @@ def run(
                 value = evaluate(check_key, state.params, check_problem, check_index)
                 state = state._replace(stop=rule.update(state.stop, value))
                 if state.average is not None:
-                    state = averaged(state)
+                    state = add_to_average(state)
                 if bool(state.stop.converged):
                     if certifier is None:
                         reason = "converged"
@@ -289,7 +289,7 @@ def run(
                     # still drift): average them from here on, and step back one stage.
                     state = state._replace(stop=rule.reopen(state.stop))
                     if state.average is None:
-                        state = averaged(state)
+                        state = add_to_average(state)
             if callback is not None:
                 callback_start = time.perf_counter()
                 stop = callback(done, state.params, algorithm.problem)
