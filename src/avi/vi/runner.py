@@ -4,8 +4,9 @@ Every chunk is one call of a compiled ``lax.scan`` over ``chunk_size`` steps of
 :meth:`avi.vi.Algorithm.step`; steps past the requested count are masked, so every chunk has
 the same length and the program compiles once per fit shape (``equinox.filter_jit`` caches it
 across fits of the same model, family, optimizer and data shapes). The Python loop between
-chunks feeds streamed minibatches, applies the stop rule to a fixed-noise ELBO, reports
-progress and calls the user's callback.
+chunks feeds streamed minibatches, applies the stop rule to a fixed-noise ELBO, asks the
+convergence certificate when the rule fires, keeps the iterate average after its first
+refusal, reports progress and calls the user's callback.
 """
 
 from __future__ import annotations
@@ -209,8 +210,10 @@ def run(
         rule: the stop rule; None runs exactly ``num_steps``.
         check_key: key of the rule's fixed-noise evaluations (required with a rule).
         certifier: asked whenever the rule fires; the run stops only on a certificate, and a
-            refusal reopens the rule (:meth:`PlateauRule.reopen`). A run with a rule that ends
-            otherwise is certified once more at its end. None: the rule alone decides.
+            refusal reopens the rule (:meth:`PlateauRule.reopen`) and, the first time, starts
+            the iterate average (:func:`add_to_average`), which from then on is what is
+            certified and returned. A run with a rule that ends otherwise is certified once
+            more at its end. None: the rule alone decides.
         source: minibatches of streamed data, or None for in-memory data.
         progress: show a progress bar with the running ELBO.
         callback: see :data:`Callback`; its time is excluded from the wall times.
