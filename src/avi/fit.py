@@ -20,6 +20,7 @@ import optax
 
 from avi.amortization_warning import warn_if_not_amortizable
 from avi.data.boundary import convert_arguments
+from avi.data.groups import group_data
 from avi.data.prepare import Prepared, prepare_in_memory, prepare_streamed
 from avi.data.shard import data_mesh, shard_rows
 from avi.data.stream import BatchSource, is_streamed
@@ -134,6 +135,7 @@ def fit(
     learning_rate: float | None = None,
     anneal: bool | None = None,
     plate: str | None = None,
+    groups: str | None = None,
     progress: bool = True,
     chunk_size: int = 100,
     callback: Callback | None = None,
@@ -175,6 +177,11 @@ def fit(
             flat, twice, before declaring convergence (default: on for the default optimizer,
             off for a user's, whose schedule is kept as given).
         plate: name of the data plate when the automatic choice must be overridden.
+        groups: for a grouped model (one local latent per group, the observations in another
+            plate reaching it through an index argument; :mod:`avi.data.groups`), the name of
+            that index argument where the structure leaves it ambiguous. Grouped models are
+            recognised without it; their data plate is the group plate, minibatches are of
+            groups, and amortized families read each group's rows with a set encoder.
         progress: show a progress bar with the running ELBO.
         chunk_size: steps per compiled chunk (and between stop-rule checks).
         callback: called after every chunk as ``callback(step, params, problem)``; a true
@@ -199,6 +206,11 @@ def fit(
     check_callback(callback)
     guard = None if callback is None else GuardedCallback(callback)
     args, kwargs = convert_arguments(args, kwargs)
+    if is_streamed(args, kwargs):
+        if groups is not None:
+            raise AviError("groups=...: grouped data cannot be streamed from a memory map yet.")
+    else:
+        model, args, kwargs, plate = group_data(model, args, kwargs, plate, groups)
     default_amortized = isinstance(family, str) and family.lower() == "amortized"
     report = None
     if default_amortized and not is_streamed(args, kwargs):

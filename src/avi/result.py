@@ -18,6 +18,7 @@ import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
 from avi.data.boundary import convert_arguments
+from avi.data.groups import model_arguments
 from avi.data.prepare import FeatureScaling
 from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
@@ -176,6 +177,7 @@ class Fit:
                 "datum), or fit the new data with avi.fit."
             )
         args, kwargs = convert_arguments(args, kwargs)
+        args, kwargs = model_arguments(self.traced.model, args, kwargs)
         traced = trace_model(self.traced.model, args, kwargs, plate=self.traced.layout.plate)
         _check_same_sites(self.traced, traced)
         features = self.scaling.apply(per_datum_features(traced, args, kwargs))

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avi.data.boundary import convert_arguments
+from avi.data.groups import model_arguments
 from avi.errors import AviError
 from avi.families import Factorized
 from avi.model import ModelLayout, constrained_trace, trace_model
@@ -88,6 +89,7 @@ def on_data(fit: Fit, args: Sequence[Any], kwargs: Mapping[str, Any]) -> OnData:
     family = Factorized(fit.family.factor)
     if args or kwargs:
         args, kwargs = convert_arguments(args, kwargs)
+        args, kwargs = model_arguments(fit.traced.model, args, kwargs)
         traced = trace_model(fit.traced.model, args, kwargs, plate=fit.traced.layout.plate)
         problem = _factorized_problem(family, traced.model, traced.layout, args, kwargs)
     else:

@@ -40,6 +40,7 @@ import numpy as np
 
 from avi.analysis.per_datum import check_count, on_data
 from avi.data.boundary import convert_arguments
+from avi.data.groups import model_arguments
 from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
 from avi.families.factor import natural_units
@@ -160,6 +161,7 @@ def _features(fit: Fit, args: Sequence[Any], kwargs: Mapping[str, Any]) -> np.nd
         args, kwargs, traced = fit.args, fit.kwargs, fit.traced
     else:
         args, kwargs = convert_arguments(args, kwargs)
+        args, kwargs = model_arguments(fit.traced.model, args, kwargs)
         traced = trace_model(fit.traced.model, args, kwargs, plate=fit.traced.layout.plate)
     return np.asarray(fit.scaling.apply(per_datum_features(traced, args, kwargs)))
 

@@ -36,6 +36,14 @@ class FeatureScaling:
 
     @classmethod
     def from_features(cls, features: np.ndarray) -> FeatureScaling:
+        """Per-feature mean and sd over the data; for a set encoder's (J, S, 1 + F) input
+        over the real rows, the mask channel (channel 0) left as it is."""
+        if features.ndim == 3:
+            rows = features[features[..., 0] > 0][:, 1:]
+            if rows.shape[0] == 0:
+                rows = np.zeros((1, features.shape[-1] - 1), features.dtype)
+            inner = cls.from_features(rows)
+            return cls(np.r_[0.0, inner.mean], np.r_[1.0, inner.std])
         std = features.std(axis=0)
         return cls(features.mean(axis=0), np.where(std > 0, std, 1.0))
 

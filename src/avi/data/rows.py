@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avi.data.groups import ROW_MASK, GroupedModel, group_features
 from avi.errors import ModelError
 from avi.model import ModelLayout, TracedModel, plate_axis
 
@@ -65,11 +66,23 @@ def per_datum_features(
 
     Observed values that are the same array as a per-datum argument are taken once.
 
+    For a grouped model (:mod:`avi.data.groups`) the input of a set encoder: (J, S, 1 + F),
+    channel 0 the row mask (see :func:`avi.data.groups.group_features`).
+
     Returns:
         (N, F) float array, N the data plate's size for these arguments.
     """
     layout = traced.layout
     num_data = layout.num_data
+    if isinstance(traced.model, GroupedModel):
+        spec = traced.model.spec
+        group_level = [args[i] for i in layout.per_datum_args if i not in spec.row_args]
+        group_level += [
+            kwargs[k]
+            for k in layout.per_datum_kwargs
+            if k not in spec.row_kwargs and k != ROW_MASK
+        ]
+        return group_features(spec, args, kwargs, group_level, traced.observed_values)
     columns: list[np.ndarray] = [
         np.asarray(args[i], dtype=np.float32).reshape(num_data, -1) for i in layout.per_datum_args
     ]

@@ -20,7 +20,12 @@ import numpy as np
 
 from avi.errors import FamilyError
 from avi.families.diagonal import Diagonal
-from avi.families.encoders import MLP, EncoderSpec, check_encoder_output
+from avi.families.encoders import (
+    MLP,
+    EncoderSpec,
+    check_encoder_output,
+    check_set_encoder_output,
+)
 from avi.families.factor import Factor, split_outputs
 from avi.families.protocol import LocalData, check_factor
 from avi.families.window import Window, free_slots
@@ -36,7 +41,10 @@ class Amortized:
     Attributes:
         encoder: an encoder spec (:class:`avi.MLP`, :class:`avi.Polynomial`) or an equinox
             Module mapping (F,) features to the factor's parameters (``(loc, log_scale)``,
-            each of shape (D_l,), for the diagonal Gaussian).
+            each of shape (D_l,), for the diagonal Gaussian). For a grouped model
+            (:mod:`avi.data.groups`) a spec builds its set version
+            (:class:`avi.families.encoders.SetEncoder`), and a Module is called per group as
+            ``encoder(rows, mask)``, rows (S, F) and mask (S,).
         inputs: None (the datum itself) or a :class:`Window` of neighbouring data: the encoder
             sees x_{n+o} for every offset o; a datum lacking a neighbour gets a free factor.
         factor: the factor every datum gets.
@@ -74,6 +82,11 @@ class Amortized:
         return hash((encoder_key, self.inputs, self.factor, self.given_globals))
 
     def prepare(self, features: np.ndarray) -> LocalData:
+        if features.ndim == 3 and self.inputs is not None:
+            raise FamilyError(
+                "Amortized(inputs=Window(...)) reads neighbouring data; a grouped model's data "
+                "are groups, which have no order: drop inputs."
+            )
         if self.inputs is None:
             return LocalData(jnp.asarray(features), jnp.full((features.shape[0],), -1, jnp.int32))
         windowed, complete = self.inputs.apply(features)
@@ -82,8 +95,9 @@ class Amortized:
     def init(
         self, key: jax.Array, data: LocalData, local_dim: int, global_dim: int = 0
     ) -> dict[str, Any]:
-        in_size = data.features.shape[1]
-        if in_size == 0:
+        grouped = data.features.ndim == 3
+        in_size = data.features.shape[-1] - grouped
+        if in_size == 0 and not grouped:
             raise FamilyError(
                 "Amortized: the encoder would have no input. The data plate holds no observed "
                 "site and no per-datum argument (an array with the plate's size along its first "
@@ -100,14 +114,33 @@ class Amortized:
                 )
             in_size += global_dim
         start = self.factor.init(local_dim)
-        if isinstance(self.encoder, EncoderSpec):
-            encoder = self.encoder.build(key, in_size, start)
+        if grouped:
+            encoder = self._set_encoder(key, in_size, start)
+            check_set_encoder_output(encoder, in_size, start)
         else:
-            encoder = self.encoder
-        check_encoder_output(encoder, in_size, start)
+            if isinstance(self.encoder, EncoderSpec):
+                encoder = self.encoder.build(key, in_size, start)
+            else:
+                encoder = self.encoder
+            check_encoder_output(encoder, in_size, start)
         num_free = int(jnp.sum(data.free_slot >= 0))
         free = {FREE + k: jnp.broadcast_to(v, (num_free, *v.shape)) for k, v in start.items()}
         return {"encoder": encoder, **free}
+
+    def _set_encoder(
+        self, key: jax.Array, row_size: int, start: Mapping[str, jax.Array]
+    ) -> eqx.Module:
+        """The encoder of a group's rows: the spec's set version, or the user's Module."""
+        if not isinstance(self.encoder, EncoderSpec):
+            return self.encoder
+        build_set = getattr(self.encoder, "build_set", None)
+        if build_set is None:
+            raise FamilyError(
+                f"Amortized(encoder={self.encoder!r}) has no set version (build_set) for a "
+                "grouped model's variable-size groups: use avi.MLP(width), avi.Polynomial(degree) "
+                "or an equinox Module called as encoder(rows, mask)."
+            )
+        return build_set(key, row_size, start)
 
     def local_params(
         self,
@@ -123,9 +156,16 @@ class Amortized:
                     "Amortized(given_globals=True) factors depend on the globals' draw: pass "
                     "theta (the unconstrained globals, shape (D_g,))."
                 )
-            given = jnp.broadcast_to(theta.astype(features.dtype), (features.shape[0], theta.size))
-            features = jnp.concatenate([features, given], axis=1)
-        lam = split_outputs(self.factor, jax.vmap(params["encoder"])(features))
+            given = jnp.broadcast_to(
+                theta.astype(features.dtype), (*features.shape[:-1], theta.size)
+            )
+            features = jnp.concatenate([features, given], axis=-1)
+        encoder = params["encoder"]
+        if features.ndim == 3:  # a group's rows, channel 0 their mask
+            outputs = jax.vmap(lambda rows: encoder(rows[:, 1:], rows[:, 0]))(features)
+        else:
+            outputs = jax.vmap(encoder)(features)
+        lam = split_outputs(self.factor, outputs)
         free = self.free_factors(params)
         if not free or next(iter(free.values())).shape[0] == 0:
             return lam

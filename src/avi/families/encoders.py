@@ -144,6 +144,22 @@ class MLP:
         mlp = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (weight, bias))
         return MLPEncoder(mlp=mlp, shapes=shapes)
 
+    def build_set(self, key: jax.Array, row_size: int, start: Mapping[str, jax.Array]) -> SetEncoder:
+        """A DeepSets encoder of a group's rows: phi is one hidden layer of ``width`` units,
+        rho this MLP on the pooled statistics (:class:`SetEncoder`)."""
+        phi_key, rho_key = jax.random.split(key)
+        activation = ACTIVATIONS[self.activation]
+        phi = eqx.nn.MLP(
+            in_size=row_size,
+            out_size=self.width,
+            width_size=self.width,
+            depth=1,
+            activation=activation,
+            final_activation=activation,
+            key=phi_key,
+        )
+        return SetEncoder(rho=self.build(rho_key, row_size + self.width + 1, start), phi=phi)
+
 
 class PolynomialEncoder(eqx.Module):
     """First part = b + W [x, x^2, ..., x^d] (powers taken per feature); the other parts (the
@@ -195,6 +211,72 @@ class Polynomial:
             weight=weight, bias=jnp.asarray(first), shared=tuple(rest), degree=self.degree
         )
 
+    def build_set(self, key: jax.Array, row_size: int, start: Mapping[str, jax.Array]) -> SetEncoder:
+        """This polynomial of a group's pooled statistics (the rows' mean and log(1 + n_j);
+        :class:`SetEncoder` without phi)."""
+        return SetEncoder(rho=self.build(key, row_size + 1, start), phi=None)
+
+
+class SetEncoder(eqx.Module):
+    """A permutation-invariant encoder of a group's rows (DeepSets, Zaheer et al. 2017):
+
+        lambda_j = rho(mean_s phi(x_js), mean_s x_js, log(1 + n_j)),
+
+    means over the group's n_j real rows (mask 1), so that a group of one row and one of a
+    hundred are read alike and its size is an input. The raw mean is kept beside phi's, so that
+    the sufficient statistics of linear-Gaussian groups reach rho unchanged.
+
+    Any equinox Module with this call signature, ``encoder(rows, mask)`` with rows (S, F) and
+    mask (S,) returning one array per factor part, can be passed as a grouped model's encoder.
+    """
+
+    rho: eqx.Module
+    phi: eqx.Module | None
+
+    def __call__(self, rows: jax.Array, mask: jax.Array) -> tuple[jax.Array, ...]:
+        count = jnp.sum(mask)
+        weight = mask / jnp.maximum(count, 1.0)
+        pooled = [weight @ rows]
+        if self.phi is not None:
+            pooled.append(weight @ jax.vmap(self.phi)(rows))
+        pooled.append(jnp.log1p(count)[None])
+        return self.rho(jnp.concatenate(pooled))
+
+
+def _check_parts(out: Any, start: Mapping[str, jax.Array]) -> None:
+    shapes = [getattr(o, "shape", None) for o in out] if isinstance(out, tuple) else None
+    expected = [tuple(np.shape(v)) for v in start.values()]
+    if shapes != expected:
+        names = ", ".join(start)
+        wanted = ", ".join(f"{n} {s}" for n, s in zip(start, expected, strict=True))
+        raise FamilyError(
+            f"The encoder must return ({names}), of shapes {wanted} (the factor's parameters for "
+            f"one datum's unconstrained local coordinates); it returned "
+            f"{shapes or type(out).__name__}."
+        )
+
+
+def check_set_encoder_output(
+    encoder: eqx.Module, row_size: int, start: Mapping[str, jax.Array]
+) -> None:
+    """Call a set encoder on one group of two rows and check its output (as
+    :func:`check_encoder_output`).
+
+    Raises:
+        FamilyError: the encoder fails or returns the wrong shapes.
+    """
+    rows = jax.ShapeDtypeStruct((2, row_size), jnp.float32)
+    mask = jax.ShapeDtypeStruct((2,), jnp.float32)
+    try:
+        out = eqx.filter_eval_shape(encoder, rows, mask)
+    except Exception as error:  # the user's module can raise anything
+        raise FamilyError(
+            f"The set encoder failed on a group's rows of shape (S, {row_size}) and mask (S,): "
+            f"{error}. A grouped model's encoder is called as encoder(rows, mask) per group "
+            "(see avi.families.encoders.SetEncoder)."
+        ) from error
+    _check_parts(out, start)
+
 
 def check_encoder_output(encoder: eqx.Module, in_size: int, start: Mapping[str, jax.Array]) -> None:
     """Call the encoder on one zero feature vector and check it returns one array per part of
@@ -210,13 +292,4 @@ def check_encoder_output(encoder: eqx.Module, in_size: int, start: Mapping[str, 
             f"The encoder failed on a feature vector of shape ({in_size},): {error}. Each datum's "
             f"features (its observed values and per-datum arguments, flattened) have {in_size} entries."
         ) from error
-    shapes = [getattr(o, "shape", None) for o in out] if isinstance(out, tuple) else None
-    expected = [tuple(np.shape(v)) for v in start.values()]
-    if shapes != expected:
-        names = ", ".join(start)
-        wanted = ", ".join(f"{n} {s}" for n, s in zip(start, expected, strict=True))
-        raise FamilyError(
-            f"The encoder must return ({names}), of shapes {wanted} (the factor's parameters for "
-            f"one datum's unconstrained local coordinates); it returned "
-            f"{shapes or type(out).__name__}."
-        )
+    _check_parts(out, start)

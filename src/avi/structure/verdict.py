@@ -10,6 +10,7 @@ import numpy as np
 import numpyro
 
 from avi.data.boundary import convert_arguments
+from avi.data.groups import group_data
 from avi.model import Model, trace_model
 from avi.structure.beyond import verify_beyond
 from avi.structure.dependencies import dependencies, local_window
@@ -32,7 +33,13 @@ EXCHANGE_PAIRS = 12
 """Consecutive and spread candidates compared with the reference datum in the exchange probe."""
 
 
-def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> StructureReport:
+def check(
+    model: Model,
+    *args: Any,
+    plate: str | None = None,
+    groups: str | None = None,
+    **kwargs: Any,
+) -> StructureReport:
     """Tell whether amortized VI can reach factorized VI's optimum on ``model(*args, **kwargs)``.
 
     The decision follows the dependency structure of the optimal CAVI factors q*(z_n)
@@ -50,6 +57,8 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
             arguments, as :func:`avi.fit` requires).
         *args: the model's positional arguments.
         plate: name of the data plate, if the automatic choice must be overridden.
+        groups: a grouped model's index argument, where ambiguous (see :func:`avi.fit`); a
+            grouped model's data are its groups (each group's observations, its datum).
         **kwargs: the model's keyword arguments.
 
     Returns:
@@ -61,6 +70,7 @@ def check(model: Model, *args: Any, plate: str | None = None, **kwargs: Any) -> 
         DataError: non-finite data.
     """
     args, kwargs = convert_arguments(args, kwargs)
+    model, args, kwargs, plate = group_data(model, args, kwargs, plate, groups)
     layout = trace_model(model, args, kwargs, plate).layout
     with jax.enable_x64(True), numpyro.validation_enabled(False):
         problem = analysed_problem(model, args, kwargs, layout)

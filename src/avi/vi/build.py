@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from avi.data.boundary import convert_arguments
+from avi.data.groups import group_data
 from avi.data.prepare import Prepared, prepare_in_memory
 from avi.data.shard import data_mesh, shard_rows
 from avi.errors import AviError
@@ -76,6 +77,7 @@ def build(
     num_particles: int = 1,
     sticking_the_landing: bool = True,
     plate: str | None = None,
+    groups: str | None = None,
     devices: Sequence[jax.Device] | None = None,
     **kwargs: Any,
 ) -> Algorithm:
@@ -97,6 +99,7 @@ def build(
         The :class:`avi.vi.Algorithm`, its data sharded over ``devices`` when several.
     """
     args, kwargs = convert_arguments(args, kwargs)
+    model, args, kwargs, plate = group_data(model, args, kwargs, plate, groups)
     devices = check_devices(devices)
     sticking_the_landing = check_bool("sticking_the_landing", sticking_the_landing)
     family = as_family(family)
