@@ -173,26 +173,6 @@ def test_a_kernel_smoother_of_the_data_is_not_a_summary():
     assert_report(report, "not-amortizable", None)
 
 
-def radon(county, log_radon, floor, num_counties):
-    mu = numpyro.sample("mu", dist.Normal(0, 10))
-    sa = numpyro.sample("sa", dist.HalfNormal(1))
-    b = numpyro.sample("b", dist.Normal(0, 1))
-    s = numpyro.sample("s", dist.HalfNormal(1))
-    with numpyro.plate("county", num_counties):
-        a = numpyro.sample("a", dist.Normal(mu, sa))
-    with numpyro.plate("house", log_radon.shape[0]):
-        numpyro.sample("y", dist.Normal(a[county] + b * floor, s), obs=log_radon)
-
-
-def test_county_intercepts_depend_on_houses_outside_the_plate():
-    county = RNG.integers(0, 30, 300)
-    args = (county, data(300), RNG.integers(0, 2, 300).astype(np.float32), 30)
-    report = avi.check(radon, *args, plate="county")
-    assert_report(report, "not-amortizable", None)
-    assert "'a' depends on observed 'y'" in report.explanation
-    assert "no axis along plate 'county'" in report.explanation
-
-
 def test_a_local_latent_that_depends_on_no_data_is_named():
     def prior_only(x):
         mu = numpyro.sample("mu", dist.Normal(0, 1))
@@ -204,13 +184,6 @@ def test_a_local_latent_that_depends_on_no_data_is_named():
     report = avi.check(prior_only, data(50))
     assert report.dataless == ("w",)
     assert "'w' depends on no data at all" in report.explanation
-
-
-def test_an_encoder_without_features_is_refused():
-    county = RNG.integers(0, 30, 300)
-    args = (county, data(300), RNG.integers(0, 2, 300).astype(np.float32), 30)
-    with pytest.raises(avi.FamilyError, match="no input"):
-        avi.fit(radon, *args, plate="county", family=avi.Amortized(avi.MLP(4)), progress=False)
 
 
 def test_simple_models_stay_simple_and_state_is_restored():

@@ -181,9 +181,9 @@ class Fit:
         traced = trace_model(self.traced.model, args, kwargs, plate=self.traced.layout.plate)
         _check_same_sites(self.traced, traced)
         features = self.scaling.apply(per_datum_features(traced, args, kwargs))
-        if features.shape[1] != self.scaling.mean.shape[0]:
+        if features.shape[-1] != self.scaling.mean.shape[0]:
             raise FamilyError(
-                f"New data have {features.shape[1]} features per datum; the fit was trained on "
+                f"New data have {features.shape[-1]} features per datum; the fit was trained on "
                 f"{self.scaling.mean.shape[0]}. Pass arguments of the same shapes as in training."
             )
         local_data = self.family.prepare(features)

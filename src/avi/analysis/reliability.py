@@ -156,14 +156,21 @@ def _per_datum(values: np.ndarray) -> np.ndarray:
 
 
 def _features(fit: Fit, args: Sequence[Any], kwargs: Mapping[str, Any]) -> np.ndarray:
-    """The encoder's standardised inputs for data ``args`` (none: the training data)."""
+    """The encoder's standardised inputs for data ``args`` (none: the training data); for
+    grouped data each group's mean row and log(1 + n_j), what a set encoder pools."""
     if not args and not kwargs:
         args, kwargs, traced = fit.args, fit.kwargs, fit.traced
     else:
         args, kwargs = convert_arguments(args, kwargs)
         args, kwargs = model_arguments(fit.traced.model, args, kwargs)
         traced = trace_model(fit.traced.model, args, kwargs, plate=fit.traced.layout.plate)
-    return np.asarray(fit.scaling.apply(per_datum_features(traced, args, kwargs)))
+    features = np.asarray(fit.scaling.apply(per_datum_features(traced, args, kwargs)))
+    if features.ndim == 3:  # a group's rows (channel 0 the mask): their mean and log(1 + n)
+        mask = features[..., 0]
+        count = mask.sum(axis=1)
+        mean = np.einsum("js,jsf->jf", mask, features[..., 1:]) / np.maximum(count, 1)[:, None]
+        return np.concatenate([mean, np.log1p(count)[:, None]], axis=1)
+    return features
 
 
 def reliability(

@@ -236,7 +236,7 @@ def regroup(
     order = np.argsort(index, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     slot = np.arange(slots)
-    within = np.minimum(slot[None, :], np.maximum(counts[:, None] - 1, 0))
+    within = np.where(slot[None, :] < counts[:, None], slot[None, :], 0)
     position = np.where(counts[:, None] > 0, starts[:, None] + within, 0)
     table = order[position] if index.size else np.zeros((num_groups, slots), np.int64)
     mask = slot[None, :] < counts[:, None]

@@ -24,6 +24,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.initialization import init_to_uniform
 
+from avi.data.groups import ROW_MASK, GroupedModel
 from avi.data.rows import map_per_datum
 from avi.errors import ModelError
 from avi.model import Model, ModelLayout, is_latent, plate_axis, plate_names
@@ -160,7 +161,7 @@ def analysed_problem(
         for i in layout.per_datum_args
     ]
     inputs += [
-        Input("kwarg", k, 0, f"argument '{k}'", _is_discrete(kwargs[k]),
+        Input("kwarg", k, 0, _keyword_label(k), _is_discrete(kwargs[k]),
               _used_as_values(model, args, kwargs, "kwarg", k))
         for k in layout.per_datum_kwargs
     ]
@@ -346,8 +347,14 @@ def _data_axis(name: str, site: Site, size: int, reference: _Structure | None) -
     return axis
 
 
+def _keyword_label(name: str) -> str:
+    return "the group's row mask" if name == ROW_MASK else f"argument '{name}'"
+
+
 def _argument_label(model: Model, position: int) -> str:
     """'argument 'x'' from the model's signature, else 'argument 0'."""
+    if isinstance(model, GroupedModel):
+        model = model.model
     try:
         parameters = list(inspect.signature(model).parameters.values())
     except (TypeError, ValueError):

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from avi.data.groups import GroupedModel
 from avi.structure.dependencies import Edge, LocalWindow
 from avi.structure.problem import Problem
 from avi.structure.wording import join, offsets_phrase
@@ -305,6 +306,13 @@ def _limit(problem: Problem) -> str:
 def _scope(problem: Problem) -> str:
     """The explanation's opening: the plate, N, what was analysed, locals outside the plate."""
     head = f"Data plate '{problem.plate}' (N = {problem.num_data})"
+    if isinstance(problem.model, GroupedModel):
+        spec = problem.model.spec
+        head = (
+            f"Grouped data: plate '{problem.plate}' holds J = {problem.num_data} groups, each "
+            f"group's datum its observations in plate '{spec.observation_plate}' (joined "
+            f"through '{spec.index_name}')"
+        )
     if problem.size < problem.num_data:
         head += f", analysed on its first {problem.size} data"
     else:
