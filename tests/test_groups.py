@@ -258,3 +258,20 @@ def test_window_inputs_are_refused_for_groups():
     with pytest.raises(avi.FamilyError, match="groups, which have no order"):
         avi.fit(means, GROUP, J, y=Y, family=avi.Amortized(MLP(4), inputs=avi.Window((-1, 0))),
                 progress=False, num_steps=10)
+
+
+def test_a_saved_grouped_fit_infers_new_groups_as_before(amortized_fit, tmp_path):
+    new_group, new_y = simulate(2, 12)
+    before = amortized_fit.posterior(new_group, 12, y=new_y)["a"]
+    amortized_fit.save(tmp_path / "fit")
+    loaded = avi.load(tmp_path / "fit", means)
+    after = loaded.posterior(new_group, 12, y=new_y)["a"]
+    np.testing.assert_allclose(np.asarray(after.loc), np.asarray(before.loc), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(after.scale), np.asarray(before.scale), rtol=1e-6)
+
+
+def test_draws_and_arviz_of_a_grouped_fit(amortized_fit):
+    draws = amortized_fit.sample(50)
+    assert draws["a"].shape == (50, J) and draws["mu"].shape == (50,)
+    idata = amortized_fit.to_arviz()
+    assert idata.posterior["a"].shape[-1] == J

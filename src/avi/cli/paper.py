@@ -177,6 +177,11 @@ def add_reproduce_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.groups:
+        from avi.paper.bench.groups import run as run_groups
+
+        run_groups(args.out)
+        return 0
     from avi.paper.bench.runner import run
 
     run(args.quick, args.out)
@@ -192,6 +197,12 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
         "--quick about 3) and write results.json and RESULTS.md into --out.",
     )
     parser.add_argument("--quick", action="store_true", help="N = 10^4 only, one repeat")
+    parser.add_argument(
+        "--groups",
+        action="store_true",
+        help="only the grouped-data benchmark (per-step cost against 10^3-10^5 groups; "
+        "writes groups.json and GROUPS.md)",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks"), metavar="DIR", help="output folder"
     )

@@ -199,7 +199,10 @@ class GroupedModel:
     def regroup(
         self, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """The user's arguments (of training or of new groups) as this model's arguments."""
+        """The user's arguments (of training or of new groups) as this model's arguments;
+        arguments regrouped already (holding the row mask) are returned as they are."""
+        if ROW_MASK in kwargs:
+            return tuple(args), dict(kwargs)
         return regroup(self.model, self.spec, args, kwargs)
 
 
@@ -490,8 +493,8 @@ def group_data(
     """The model, arguments and data plate the engine fits: for a grouped model the
     :class:`GroupedModel`, the regrouped arguments and the group plate; otherwise the given
     ones unchanged."""
-    if isinstance(model, GroupedModel):
-        return model, tuple(args), dict(kwargs), plate
+    if isinstance(model, GroupedModel):  # a fit's model, on its own or new groups' data
+        return model, *model.regroup(args, kwargs), model.spec.group_plate
     spec = find_groups(model, args, kwargs, plate, groups)
     if spec is None:
         return model, tuple(args), dict(kwargs), plate

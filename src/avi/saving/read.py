@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from avi.families import Family, LocalData, as_family
 from avi.model.describe import restore_traced
 from avi.result import Fit
 from avi.saving.files import read_arrays, read_description
+from avi.data.groups import GroupedModel, GroupSpec
 from avi.saving.specs import has_user_encoder, restore_object
 from avi.vi import History, State
 from avi.vi.certify import BlockEvidence, Certificate
@@ -25,12 +28,17 @@ from avi.vi.problem import VariationalParams
 __all__ = ["load"]
 
 
-def _skeleton(family: Family, inputs: Mapping[str, int], global_dim: int, local_dim: int) -> Any:
+def _skeleton(
+    family: Family, inputs: Mapping[str, int], global_dim: int, local_dim: int, grouped: bool
+) -> Any:
     """The saved tree's structure: the family's own starting parameters, built on placeholder
-    inputs of the training shapes (no data: zero-stride features)."""
+    inputs of the training shapes (no data: zero-stride features; one row per group for a
+    grouped model's set encoder)."""
     rows, free = int(inputs["local_rows"]), int(inputs["free_rows"])
-    in_size = family.prepare(np.zeros((1, int(inputs["features"])), np.float32)).features.shape[1]
-    features = np.broadcast_to(np.zeros((), np.float32), (rows, in_size))
+    row = (1,) if grouped else ()
+    placeholder = np.zeros((1, *row, int(inputs["features"])), np.float32)
+    in_size = family.prepare(placeholder).features.shape[-1]
+    features = np.broadcast_to(np.zeros((), np.float32), (rows, *row, in_size))
     slots = np.concatenate([np.arange(free), np.full(rows - free, -1)]).astype(np.int32)
     local = family.init(jax.random.PRNGKey(0), LocalData(features, slots), local_dim, global_dim)
     zeros = jnp.zeros(global_dim)
@@ -93,8 +101,14 @@ def load(path: str | Path, model: Callable[..., Any], encoder: eqx.Module | None
         )
     family = as_family(restore_object(document["family"], encoder))
     traced = restore_traced(document["model"], model)
+    groups = document["model"].get("groups")
+    if groups is not None:
+        spec = GroupSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in groups.items()})
+        traced = dataclasses.replace(traced, model=GroupedModel(model, spec))
     layout = traced.layout
-    like = _skeleton(family, document["inputs"], layout.global_dim, layout.local_dim)
+    like = _skeleton(
+        family, document["inputs"], layout.global_dim, layout.local_dim, groups is not None
+    )
     tree = read_arrays(path, like, document["arrays"]["leaves"])
     training = document["training"]
     params = tree["params"]

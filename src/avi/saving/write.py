@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from avi.data.groups import GroupedModel
 from avi.model.describe import describe_layout
 from avi.saving.files import write
 from avi.saving.specs import describe_object
@@ -86,10 +89,14 @@ def save_fit(fit: Fit, path: str | Path, overwrite: bool = False) -> Path:
             of the family or a support that cannot be described.
     """
     model = fit.traced.model
+    groups = None
+    if isinstance(model, GroupedModel):
+        model, groups = model.model, dataclasses.asdict(model.spec)
     description = {
         "model": {
             "function": f"{getattr(model, '__module__', '?')}:{getattr(model, '__qualname__', '?')}",
             **describe_layout(fit.traced),
+            **({"groups": groups} if groups is not None else {}),
         },
         "family": describe_object(fit.family),
         "inputs": {
