@@ -48,7 +48,7 @@ from numpyro.distributions import constraints
 from numpyro.primitives import CondIndepStackFrame, Messenger
 
 from avi.errors import ModelError
-from avi.model.arguments import describe_argument
+from avi.model.arguments import describe_argument, validate_arguments
 from avi.model.trace import is_latent, plate_axis, plate_names, run_trace
 
 ROW_MASK = "avi_row_mask"
@@ -396,6 +396,7 @@ def find_groups(
     ``groups`` names that argument where several could be.
 
     Raises:
+        DataError: non-finite data.
         ModelError: ``groups`` names no suitable argument; the observations reach groups of
             two plates (crossed or nested groups); latents in the observation plate.
     """
@@ -404,6 +405,7 @@ def find_groups(
             f"groups={groups!r}: give the name of the model argument holding each "
             "observation's group index (e.g. groups='county')."
         )
+    validate_arguments(args, kwargs)
     trace = run_trace(model, args, kwargs)
     latent: dict[str, list[str]] = {}
     observed: dict[str, list[str]] = {}
