@@ -20,15 +20,6 @@ import avi
 from avi.datasets import radon, radon_intercept, radon_slope
 
 
-def subset(data, counties):
-    """The houses of ``counties``, their ids renumbered 0..k-1 (k = len(counties))."""
-    rows = np.isin(data.county, counties)
-    renumber = np.full(data.num_counties, -1, np.int32)
-    renumber[counties] = np.arange(len(counties), dtype=np.int32)
-    args = (renumber[data.county[rows]], data.floor[rows], len(counties))
-    return args, data.log_radon[rows]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--state", default="MN", choices=["MN", "all"])
@@ -60,10 +51,11 @@ def main() -> None:
     rng = np.random.default_rng(options.seed)
     out = np.sort(rng.choice(np.flatnonzero(sizes >= 10), options.held_out, replace=False))
     kept = np.setdiff1d(np.arange(data.num_counties), out)
-    train_args, train_y = subset(data, kept)
-    amortized = avi.fit(radon_intercept, *train_args, log_radon=train_y,
-                        family=avi.Amortized(avi.MLP(32)), seed=options.seed, progress=False)
-    new_args, new_y = subset(data, out)
+    train, new = data.subset(kept), data.subset(out)
+    amortized = avi.fit(radon_intercept, train.county, train.floor, train.num_counties,
+                        log_radon=train.log_radon, family=avi.Amortized(avi.MLP(32)),
+                        seed=options.seed, progress=False)
+    new_args, new_y = (new.county, new.floor, new.num_counties), new.log_radon
     start = time.time()
     inferred = amortized.posterior(*new_args, log_radon=new_y)["a"]
     seconds = time.time() - start

@@ -275,3 +275,9 @@ def test_draws_and_arviz_of_a_grouped_fit(amortized_fit):
     assert draws["a"].shape == (50, J) and draws["mu"].shape == (50,)
     idata = amortized_fit.to_arviz()
     assert idata.posterior["a"].shape[-1] == J
+
+
+def test_constant_family_on_groups():
+    fit = avi.fit(means, GROUP, J, y=Y, family="constant", num_steps=50, progress=False)
+    scales = np.asarray(fit.posterior()["a"].scale)
+    assert scales.shape == (J,) and np.allclose(scales, scales[0])

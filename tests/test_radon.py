@@ -74,6 +74,14 @@ def test_varying_slopes_agree_with_nuts(family):
     assert_agrees_with_nuts(fitted, "radon_slope", ["mu_a", "mu_b"], ["a", "b"])
 
 
+def test_subset_renumbers_counties():
+    part = DATA.subset(np.array([7, 2]))
+    assert part.num_counties == 2
+    assert (part.county == 0).sum() == (DATA.county == 7).sum()
+    assert (part.county == 1).sum() == (DATA.county == 2).sum()
+    np.testing.assert_array_equal(part.log_radon[part.county == 1], DATA.log_radon[DATA.county == 2])
+
+
 def held_out(seed: int = 0, count: int = 5):
     """``count`` counties with at least 10 houses drawn at random, and the rest."""
     sizes = np.bincount(DATA.county, minlength=DATA.num_counties)
@@ -83,24 +91,17 @@ def held_out(seed: int = 0, count: int = 5):
     return out, kept
 
 
-def subset(counties):
-    """The houses of ``counties``, their county ids renumbered 0..k-1."""
-    rows = np.isin(DATA.county, counties)
-    renumber = np.full(DATA.num_counties, -1, np.int32)
-    renumber[counties] = np.arange(len(counties), dtype=np.int32)
-    return (renumber[DATA.county[rows]], DATA.floor[rows], len(counties)), DATA.log_radon[rows]
-
-
 @pytest.mark.slow
 def test_held_out_counties_in_one_encoder_pass():
     out, kept = held_out()
-    train_args, train_y = subset(kept)
+    train = DATA.subset(kept)
     amortized = avi.fit(
-        radon_intercept, *train_args, log_radon=train_y, family=avi.Amortized(avi.MLP(32)),
-        progress=False,
+        radon_intercept, train.county, train.floor, train.num_counties,
+        log_radon=train.log_radon, family=avi.Amortized(avi.MLP(32)), progress=False,
     )
     full = fit(radon_intercept, "factorized")
-    new_args, new_y = subset(out)
+    new = DATA.subset(out)
+    new_args, new_y = (new.county, new.floor, new.num_counties), new.log_radon
     inferred = amortized.posterior(*new_args, log_radon=new_y)["a"]
     reference = full.posterior()["a"]
     z = (np.asarray(inferred.loc) - np.asarray(reference.loc)[out]) / np.asarray(

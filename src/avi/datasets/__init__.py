@@ -45,6 +45,21 @@ class Radon(NamedTuple):
     log_uppm: np.ndarray
     num_counties: int
 
+    def subset(self, counties: np.ndarray) -> Radon:
+        """The houses of ``counties`` only, their county ids renumbered 0..k-1 in the order
+        given (k = len(counties)): training data without some counties, or new counties."""
+        counties = np.asarray(counties, np.int64)
+        renumber = np.full(self.num_counties, -1, np.int32)
+        renumber[counties] = np.arange(len(counties), dtype=np.int32)
+        rows = renumber[self.county] >= 0
+        return Radon(
+            renumber[self.county[rows]],
+            self.floor[rows],
+            self.log_radon[rows],
+            self.log_uppm[rows],
+            len(counties),
+        )
+
     @property
     def county_log_uppm(self) -> np.ndarray:
         """(J,) log uranium per county (NaN for a county without houses)."""
