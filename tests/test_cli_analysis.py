@@ -138,3 +138,20 @@ def test_positional_arguments_need_no_gaps(files, tmp_path, capsys):
     np.savez(data_file, arg0=np.zeros(5), arg2=np.zeros(5))
     assert run(["check", f"{model_file}:model", "--data", str(data_file)]) == 2
     assert "arg0, arg1, ... without gaps; found arg0, arg2" in capsys.readouterr().err
+
+
+def test_check_of_grouped_radon_data_names_the_groups(tmp_path, capsys):
+    """The radon model from a file, its houses from an .npz: grouped, with --groups too."""
+    from avi.datasets import radon
+
+    (tmp_path / "radon_model.py").write_text("from avi.datasets import radon_intercept\n")
+    data = radon("MN")
+    np.savez(tmp_path / "radon.npz", arg0=data.county, arg1=data.floor,
+             arg2=data.num_counties, log_radon=data.log_radon)
+    for extra in ([], ["--groups", "county"]):
+        argv = ["check", f"{tmp_path / 'radon_model.py'}:radon_intercept",
+                "--data", str(tmp_path / "radon.npz"), *extra]
+        assert run(argv) == 0
+        out = capsys.readouterr().out
+        assert "verdict: simple-hierarchical" in out
+        assert "plate 'county' holds J = 85 groups" in out

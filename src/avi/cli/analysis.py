@@ -54,7 +54,7 @@ def model_and_data(args: argparse.Namespace) -> tuple[object, Arguments]:
 def _check(args: argparse.Namespace) -> int:
     model, arguments = model_and_data(args)
     model_args, model_kwargs = convert_arguments(*arguments)
-    report = check(model, *model_args, plate=args.plate, **model_kwargs)
+    report = check(model, *model_args, plate=args.plate, groups=args.groups, **model_kwargs)
     print(f"verdict: {report.verdict}")
     print(f"encoder inputs (offsets): {report.inputs}")
     print(report.explanation)
@@ -67,7 +67,12 @@ def _compare(args: argparse.Namespace) -> int:
         raise AviError(f"--figures {figures}: it is a file; give a folder for the figures.")
     model, (model_args, model_kwargs) = model_and_data(args)
     families = parse_families(args.families, parse_window(args.window))
-    given = {"num_steps": args.num_steps, "max_steps": args.max_steps, "plate": args.plate}
+    given = {
+        "num_steps": args.num_steps,
+        "max_steps": args.max_steps,
+        "plate": args.plate,
+        "groups": args.groups,
+    }
     options = {k: v for k, v in given.items() if v is not None}
     comparison = compare(
         model,

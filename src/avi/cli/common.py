@@ -87,7 +87,8 @@ def deprecated_alias(
 def add_model_arguments(
     parser: argparse.ArgumentParser, positional: bool = True, plate: bool = True
 ) -> None:
-    """FILE.py:NAME (positional, or ``--model``), ``--data`` and (with ``plate``) ``--plate``."""
+    """FILE.py:NAME (positional, or ``--model``), ``--data`` and (with ``plate``) ``--plate``
+    and ``--groups``."""
     help_text = "the NumPyro model: the function NAME in the Python file FILE.py"
     if positional:
         parser.add_argument("model", metavar="FILE.py:NAME", help=help_text)
@@ -104,6 +105,13 @@ def add_model_arguments(
     if plate:
         parser.add_argument(
             "--plate", default=None, metavar="NAME", help="name of the data plate, if ambiguous"
+        )
+        parser.add_argument(
+            "--groups",
+            default=None,
+            metavar="NAME",
+            help="grouped data: the argument holding each observation's group index, if "
+            "ambiguous (grouped models are recognised without it)",
         )
 
 

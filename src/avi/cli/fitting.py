@@ -24,6 +24,7 @@ from avi.cli.common import (
     seed,
 )
 from avi.cli.inputs import FAMILY_TOKENS, parse_family, parse_window
+from avi.data.groups import GroupedModel
 from avi.errors import AviError
 from avi.families import Amortized
 from avi.fit import fit
@@ -93,7 +94,8 @@ def summary(result: Fit, args: argparse.Namespace) -> str:
     window = f", window {args.window}" if args.window else ""
     infer = f"avi infer {args.out} --model {args.model} --data NEW --out posterior.csv"
     lines = [
-        f"model {args.model}, data {args.data}: N = {layout.num_data} in plate '{layout.plate}'",
+        f"model {args.model}, data {args.data}: N = {layout.num_data} in plate '{layout.plate}'"
+        + (" (groups)" if isinstance(result.traced.model, GroupedModel) else ""),
         f"latent sites: {sites}",
         f"family: {args.family}{window}",
         f"steps: {result.num_steps} (stopped by {result.stop_reason}), {result.wall_time:.1f} s",
@@ -139,6 +141,7 @@ def _fit(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "plate": args.plate,
+        "groups": args.groups,
     }
     options = {k: v for k, v in given.items() if v is not None}
     result = fit(
