@@ -281,3 +281,24 @@ def test_constant_family_on_groups():
     fit = avi.fit(means, GROUP, J, y=Y, family="constant", num_steps=50, progress=False)
     scales = np.asarray(fit.posterior()["a"].scale)
     assert scales.shape == (J,) and np.allclose(scales, scales[0])
+
+
+def test_group_level_covariates_reach_the_set_encoder():
+    """A per-county covariate (length J) is a per-group argument: sliced with the groups'
+    minibatches and given to the set encoder on every row of its group."""
+    uranium = np.linspace(-1, 1, 12).astype(np.float32)
+
+    def with_uranium(county, floor, u, y=None):
+        g = numpyro.sample("g", dist.Normal(0, 1))
+        with numpyro.plate("county", u.shape[0]):
+            a = numpyro.sample("a", dist.Normal(g * u, 1))
+        with numpyro.plate("house", county.shape[0]):
+            numpyro.sample("y", dist.Normal(a[county] + 0.5 * floor, 1), obs=y)
+
+    fit = avi.fit(with_uranium, COUNTY, FLOOR.astype(np.float32), uranium, y=RADON_Y,
+                  family=avi.Amortized(MLP(8), given_globals=True), num_steps=30, progress=False)
+    features = fit.problem.local_data.features
+    assert features.shape[0] == 12 and features.shape[-1] == 1 + 3  # mask, floor, y, u
+    u_channel = np.asarray(features[..., 3])
+    assert np.allclose(u_channel, u_channel[:, :1])  # constant within a group
+    assert np.isfinite(fit.elbo().mean)
