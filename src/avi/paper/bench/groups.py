@@ -46,7 +46,7 @@ def simulate(num_groups: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return group, y
 
 
-def measure(num_groups: int, family, steps: int) -> dict:
+def measure(num_groups: int, label: str, family, steps: int) -> dict:
     group, y = simulate(num_groups)
     seconds = []
     for seed in (0, 1):
@@ -59,7 +59,7 @@ def measure(num_groups: int, family, steps: int) -> dict:
     return {
         "num_groups": num_groups,
         "num_observations": int(len(y)),
-        "family": family if isinstance(family, str) else repr(family),
+        "family": label,
         "steps": steps,
         "first_call_s": seconds[0][0],
         "us_per_step": 1e6 * seconds[1][1] / steps,
@@ -68,11 +68,11 @@ def measure(num_groups: int, family, steps: int) -> dict:
 
 def run(out: Path, sizes: tuple[int, ...] = (1_000, 10_000, 100_000), steps: int = 2_000) -> dict:
     start = time.perf_counter()
-    families = ["factorized", avi.Amortized(avi.MLP(32))]
+    families = {"factorized": "factorized", "amortized MLP(32)": avi.Amortized(avi.MLP(32))}
     rows = []
     for num_groups in sizes:
-        for family in families:
-            rows.append(measure(num_groups, family, steps))
+        for label, family in families.items():
+            rows.append(measure(num_groups, label, family, steps))
             print(rows[-1], flush=True)
     results = {
         "command": "avi bench --groups",
