@@ -291,22 +291,38 @@ def test_a_huge_polynomial_encoder_is_not_called_converged():
     assert not fit.converged
 
 
-def sometimes_undefined(x):
-    """Log density NaN whenever theta exceeds 0.1: about a third of the draws near the
-    posterior (mean 0, sd 0.3)."""
-    theta = numpyro.sample("theta", dist.Normal(0.0, 10.0))
-    numpyro.factor("undefined", jnp.where(theta > 0.1, jnp.nan, 0.0))
-    with numpyro.plate("data", x.shape[0]):
-        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
-        numpyro.sample("x", dist.Normal(theta + z, 1.0), obs=x)
+def undefined_above(threshold):
+    """A model whose log density is NaN whenever theta exceeds ``threshold`` (the posterior
+    of theta has mean about 0 and sd 0.3)."""
+
+    def model(x):
+        theta = numpyro.sample("theta", dist.Normal(0.0, 10.0))
+        numpyro.factor("undefined", jnp.where(theta > threshold, jnp.nan, 0.0))
+        with numpyro.plate("data", x.shape[0]):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+            numpyro.sample("x", dist.Normal(theta + z, 1.0), obs=x)
+
+    return model
 
 
-def test_non_finite_steps_are_counted_and_deny_convergence():
+def test_rare_non_finite_steps_are_counted_and_deny_convergence():
+    """NaN on about 1% of the draws: steps skipped and counted, no back-off, not converged."""
     x = np.linspace(-1, 1, 20).astype(np.float32)
     with pytest.warns(avi.ConvergenceWarning, match="non-finite|NaN"):
-        fit = avi.fit(sometimes_undefined, x, family="factorized", max_steps=400, progress=False)
-    assert fit.num_skipped > 0
+        fit = avi.fit(undefined_above(0.7), x, family="factorized", max_steps=400, progress=False)
+    assert fit.num_skipped > 0 and len(fit.history.backoff) == 0
     assert not fit.converged and fit.certificate.non_finite > 0
+
+
+def test_a_density_undefined_on_a_third_of_the_posterior_is_a_divergence():
+    """NaN on a third of the draws: no lower step size helps; after three back-offs the fit
+    raises, with its last finite state."""
+    x = np.linspace(-1, 1, 20).astype(np.float32)
+    with pytest.raises(avi.DivergenceError) as caught:
+        avi.fit(undefined_above(0.1), x, family="factorized", max_steps=400, progress=False)
+    fit = caught.value.fit
+    assert not fit.converged and len(fit.history.backoff) == 3
+    assert np.all(np.isfinite(np.asarray(fit.params.global_loc)))
 
 
 def test_a_fixed_budget_fit_reports_certification_without_a_warning(recwarn):

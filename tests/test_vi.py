@@ -91,12 +91,28 @@ def test_fit_exposes_its_state_and_why_it_stopped():
     assert stopped.stop_reason == "callback" and stopped.num_steps == 100
 
 
-def test_non_finite_steps_are_counted():
+def test_a_divergence_backs_off_and_goes_on():
+    """SGD at rate 3 diverges at once; from the last finite state at a tenth of the scale (or
+    a hundredth) it does not: the back-offs are in the history and the fit ends finite."""
     x = np.linspace(-1, 1, 10).astype(np.float32)
     fit = avi.fit(
-        linear.model, x, family="constant", optimizer=optax.sgd(1e30), num_steps=50, progress=False
+        linear.model, x, family="constant", optimizer=optax.sgd(3.0), num_steps=300, progress=False
     )
-    assert fit.num_skipped > 0
+    assert len(fit.history.backoff) >= 1 and fit.history.backoff[0] == 0
+    assert fit.num_steps == 300 and fit.history.step[-1] == 300
+    assert np.all(np.isfinite(np.asarray(fit.params.global_loc)))
+
+
+def test_a_divergence_beyond_the_back_offs_raises_with_the_last_finite_fit():
+    x = np.linspace(-1, 1, 10).astype(np.float32)
+    with pytest.raises(avi.DivergenceError, match="after 3 back-offs") as caught:
+        avi.fit(
+            linear.model, x, family="constant", optimizer=optax.sgd(1e30), num_steps=50,
+            progress=False,
+        )
+    fit = caught.value.fit
+    assert fit.stop_reason == "diverged" and not fit.converged
+    assert list(fit.history.backoff) == [0, 0, 0]
     assert np.all(np.isfinite(np.asarray(fit.params.global_loc)))
 
 

@@ -20,7 +20,11 @@ class FamilyError(AviError):
 
 
 class DivergenceError(AviError):
-    """The optimisation produced non-finite ELBOs or gradients and cannot go on."""
+    """The optimisation produced non-finite ELBOs or gradients and cannot go on; ``fit``
+    holds the last finite fit (from :func:`avi.fit`), ``run`` the runner's record."""
+
+    fit: object | None = None
+    run: object | None = None
 
 
 class CallbackError(AviError):

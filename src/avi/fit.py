@@ -8,8 +8,10 @@ and the pure pair ``init``/``step`` (:mod:`avi.vi`), hands both to the runner
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import equinox as eqx
@@ -20,13 +22,14 @@ import optax
 
 from avi.amortization_warning import warn_if_not_amortizable
 from avi.data.boundary import convert_arguments
-from avi.data.groups import group_data
+from avi.data.groups import GroupedModel, group_data
 from avi.data.prepare import Prepared, prepare_in_memory, prepare_streamed
 from avi.data.shard import data_mesh, shard_rows
 from avi.data.stream import BatchSource, is_streamed
-from avi.errors import AviError, ConvergenceWarning, FamilyError, ModelError
+from avi.errors import AviError, ConvergenceWarning, DivergenceError, FamilyError, ModelError
 from avi.families import Family, as_family
 from avi.model import Model
+from avi.model.describe import describe_layout
 from avi.model.control import latent_control_flow
 from avi.options import (
     GuardedCallback,
@@ -45,7 +48,9 @@ from avi.vi.algorithm import restrict
 from avi.vi.build import algorithm_for
 from avi.vi.certify import Certificate, certify
 from avi.vi.problem import Problem, VariationalParams
-from avi.vi.runner import Callback, Certifier
+from avi.vi.checkpoint import Checkpointer, Progress, digest, read_checkpoint
+from avi.vi.runner import Callback, Certifier, Run
+from avi.vi.state import State
 
 __all__ = ["fit"]
 
@@ -141,6 +146,8 @@ def fit(
     callback: Callback | None = None,
     devices: Sequence[jax.Device] | None = None,
     init: VariationalParams | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_interval: float = 60.0,
     **kwargs: Any,
 ) -> Fit:
     """Fit ``model(*args, **kwargs)`` by maximising the ELBO over a variational family.
@@ -189,7 +196,22 @@ def fit(
             ``history.wall_time``.
         devices: devices to shard the data over (default: all, when they divide N).
         init: start from these variational parameters (e.g. another fit's).
+        checkpoint: a file to keep the fit's full state in (:mod:`avi.vi.checkpoint`): written
+            atomically every ``checkpoint_interval`` seconds, on Ctrl-C and at the end. When
+            the file exists the fit resumes from it (``init`` is then ignored) and ends where
+            the uninterrupted fit with the same seed and options would have; a checkpoint of
+            another model, family, data or options is refused with the reason. A larger
+            ``max_steps``/``num_steps`` continues a fit that ended on its budget.
+        checkpoint_interval: seconds between checkpoint writes.
         **kwargs: the model's keyword arguments.
+
+    Ctrl-C during the fit returns the fit of the last whole chunk of steps, with
+    ``stop_reason == "interrupted"`` (and a ConvergenceWarning): it is not converged. A
+    divergence (non-finite ELBOs or gradients in more than 10% of a chunk's steps) makes the
+    fit return to its last finite state and lower the update scale tenfold, at most three
+    times (``fit.history.backoff``); then :class:`avi.DivergenceError` is raised with the last
+    finite fit as its ``fit``. Rarer non-finite steps are skipped and counted
+    (``fit.num_skipped``, with a warning).
 
     Returns:
         The :class:`Fit`.
@@ -234,6 +256,14 @@ def fit(
     params = None if init is None else _checked_init(init, algorithm.initial_params(init_key))
     with latent_control_flow():
         state = algorithm.init(init_key, params)
+    checkpointer, resumed = None, None
+    if checkpoint is not None:
+        checkpointer, state, resumed = _checkpointing(
+            checkpoint, checkpoint_interval, state, prepared, model, family,
+            (seed, num_particles, chunk_size, sticking_the_landing,
+             "default" if optimizer is None else "user optimizer", learning_rate, tol, anneal),
+            int(num_steps) if num_steps is not None else int(max_steps),
+        )
     mesh = data_mesh(devices, layout.num_data)
     if mesh is not None:
         algorithm = shard_rows(algorithm, layout.num_data, mesh)
@@ -247,40 +277,110 @@ def fit(
         jax.random.fold_in(check_key, 1),
         prepared.source,
     )
-    with latent_control_flow():
-        result = run(
-            algorithm,
-            state,
-            run_key,
-            int(num_steps) if num_steps is not None else int(max_steps),
-            chunk_size=chunk_size,
-            rule=rule,
-            check_key=check_key,
+    def as_fit(result: Run) -> Fit:
+        return Fit(
+            traced=prepared.traced,
+            problem=algorithm.problem,
+            family=family,
+            state=result.state,
+            history=result.history,
+            stop_reason=result.reason,
+            wall_time=result.wall_time,
+            scaling=prepared.scaling,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            streamed=prepared.source is not None,
             certifier=certifier,
-            source=prepared.source,
-            progress=progress,
-            callback=guard,
+            known_certificate=result.certificate,
         )
-    fitted = Fit(
-        traced=prepared.traced,
-        problem=algorithm.problem,
-        family=family,
-        state=result.state,
-        history=result.history,
-        stop_reason=result.reason,
-        wall_time=result.wall_time,
-        scaling=prepared.scaling,
-        args=tuple(args),
-        kwargs=dict(kwargs),
-        streamed=prepared.source is not None,
-        certifier=certifier,
-        known_certificate=result.certificate,
-    )
+
+    try:
+        with latent_control_flow():
+            result = run(
+                algorithm,
+                state,
+                run_key,
+                int(num_steps) if num_steps is not None else int(max_steps),
+                chunk_size=chunk_size,
+                rule=rule,
+                check_key=check_key,
+                certifier=certifier,
+                source=prepared.source,
+                progress=progress,
+                callback=guard,
+                checkpointer=checkpointer,
+                resumed=resumed,
+            )
+    except DivergenceError as error:
+        if error.run is not None:
+            error.fit = as_fit(error.run)
+        raise
+    fitted = as_fit(result)
     if guard is not None:
         guard.raise_if_failed(fitted)
     if result.reason == "max_steps":
         _warn_unconverged(fitted)
+    elif result.reason == "interrupted":
+        where = f"; its checkpoint is {checkpointer.path}" if checkpointer is not None else ""
+        warnings.warn(
+            f"avi.fit was interrupted at step {fitted.num_steps}: the fit returned is the last "
+            f"whole chunk's and is not converged{where}.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    elif fitted.num_skipped:
+        warnings.warn(
+            f"avi.fit skipped {fitted.num_skipped} of {fitted.num_steps} steps whose ELBO or "
+            "gradient was NaN or inf (their updates were not applied).",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return fitted
+
+
+def _checkpointing(
+    path: str | Path,
+    interval: float,
+    state: State,
+    prepared: Prepared,
+    model: Model,
+    family: Family,
+    options: tuple[Any, ...],
+    budget: int,
+) -> tuple[Checkpointer, State, Progress | None]:
+    """The checkpointer of this fit, and the state and record to resume from if ``path``
+    holds this fit's checkpoint.
+
+    Raises:
+        AviError: streamed data (their minibatches are not reproducible on resumption), a bad
+            interval, or a checkpoint of another fit.
+    """
+    if prepared.source is not None:
+        raise AviError(
+            "checkpoint=...: streamed data are read in an order a resumed fit cannot repeat; "
+            "load the data into memory or fit without a checkpoint."
+        )
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not interval > 0:
+        raise AviError(f"checkpoint_interval={interval!r}: give a number of seconds > 0.")
+    path = Path(path)
+    if path.is_dir():
+        raise AviError(f"checkpoint={str(path)!r} is a folder; give a file path.")
+    user_model = model.model if isinstance(model, GroupedModel) else model
+    fingerprint = {
+        "model": f"{getattr(user_model, '__module__', '?')}:{getattr(user_model, '__qualname__', '?')}",
+        "sites": json.dumps(describe_layout(prepared.traced), sort_keys=True, default=str),
+        "family": repr(family),
+        "data": digest(prepared.args, prepared.kwargs),
+        "batch_size": prepared.batch_size,
+        "options": repr(options),
+    }
+    checkpointer = Checkpointer(path, interval, fingerprint)
+    if not path.exists():
+        return checkpointer, state, None
+    state, resumed = read_checkpoint(path, state, fingerprint)
+    if resumed.reason in ("max_steps", "num_steps") and int(state.step) < budget:
+        resumed = resumed._replace(reason=None)  # a larger budget goes on
+    return checkpointer, state, resumed
 
 
 def _unless_summarised(

@@ -26,6 +26,7 @@ from avi.data.stream import BatchSource
 from avi.errors import DivergenceError
 from avi.vi.algorithm import Algorithm, restrict, step_keys
 from avi.vi.certify import Certificate, apply_natural_step
+from avi.vi.checkpoint import Checkpointer, Progress
 from avi.vi.elbo import elbo_draws
 from avi.vi.problem import Problem, VariationalParams
 from avi.vi.state import Info, State
@@ -41,13 +42,26 @@ by the attempt number)."""
 EVALUATION_DRAWS = 4
 """Draws of the stop rule's fixed-noise ELBO evaluation."""
 
+BACKOFF_FRACTION = 0.1
+"""A chunk with more than this fraction of non-finite steps is a divergence: the runner backs
+off (returns to the chunk's start and lowers the update scale). Rarer non-finite steps are
+skipped (their update is not applied) and counted in ``State.skipped``."""
+
+BACKOFF_FACTOR = 0.1
+"""Factor of the update scale at each back-off."""
+
+MAX_BACKOFFS = 3
+"""Back-offs before the runner gives up with a :class:`avi.DivergenceError`."""
+
 
 class History(NamedTuple):
-    """Per chunk: step, mean ELBO estimate of the chunk's steps, wall time (s)."""
+    """Per chunk: step, mean ELBO estimate of the chunk's steps, wall time (s); and the steps
+    at which the runner backed off from a divergence (:func:`run`)."""
 
     step: np.ndarray
     elbo: np.ndarray
     wall_time: np.ndarray
+    backoff: np.ndarray = np.zeros(0, np.int64)
 
 
 class Run(NamedTuple):
@@ -57,7 +71,8 @@ class Run(NamedTuple):
         state: the final state.
         history: ELBO per chunk.
         wall_time: seconds of optimisation (compilation included, callback time excluded).
-        reason: why it stopped: "converged", "num_steps", "max_steps" or "callback".
+        reason: why it stopped: "converged", "num_steps", "max_steps", "callback" or
+            "interrupted" (Ctrl-C: the state of the last whole chunk).
         certificate: the last certificate computed (None if none was asked for).
     """
 
@@ -197,9 +212,11 @@ def run(
     source: BatchSource | None = None,
     progress: bool = False,
     callback: Callback | None = None,
+    checkpointer: Checkpointer | None = None,
+    resumed: Progress | None = None,
 ) -> Run:
-    """Run steps from ``state`` until ``state.step == num_steps``, the rule fires or the
-    callback stops.
+    """Run steps from ``state`` until ``state.step == num_steps``, the rule fires, the
+    callback stops or the user interrupts (Ctrl-C).
 
     Args:
         algorithm: the step.
@@ -217,93 +234,146 @@ def run(
         source: minibatches of streamed data, or None for in-memory data.
         progress: show a progress bar with the running ELBO.
         callback: see :data:`Callback`; its time is excluded from the wall times.
+        checkpointer: writes the state and this record at chunk ends when due, on
+            interruption and at the end (:mod:`avi.vi.checkpoint`).
+        resumed: the record of a checkpoint ``state`` comes from; a finished one is returned
+            as it was.
+
+    Divergence. A chunk with more than ``BACKOFF_FRACTION`` non-finite steps is undone: the
+    run returns to the chunk's start (the last finite state), multiplies the update scale by
+    ``BACKOFF_FACTOR`` and goes on, recording the step in ``History.backoff``; after
+    ``MAX_BACKOFFS`` back-offs it raises.
 
     Raises:
-        DivergenceError: every step of a chunk had a non-finite ELBO or gradient.
+        DivergenceError: divergence after ``MAX_BACKOFFS`` back-offs; its ``run`` attribute
+            holds the last finite state with the history.
     """
+    record = resumed or Progress()
+    steps, elbos, times = list(record.steps), list(record.elbos), list(record.times)
+    backoffs = list(record.backoffs)
+    attempts, certified_at = record.attempts, record.certified_at
+    certificate = None
+    if record.reason is not None:  # a finished fit's checkpoint
+        history = History(*map(np.asarray, (steps, elbos, times)), np.asarray(backoffs, np.int64))
+        return Run(state, history, record.wall_time, record.reason, None)
     if rule is not None:
         check_problem, check_index = _evaluation_target(algorithm, check_key, source)
     total = jnp.asarray(num_steps, jnp.int32)
     next_rows = source.chunk() if source is not None else None
     done = int(state.step)
-    steps, elbos, times = [], [], []
     paused = 0.0
     reason = "max_steps" if rule is not None else "num_steps"
-    certificate, certified_at, attempts = None, -1, 0
-    start = time.perf_counter()
-    with tqdm(
-        total=num_steps,
-        initial=done,
-        disable=not progress,
-        desc=algorithm.problem.family.name,
-        unit="step",
-    ) as bar:
-        while done < num_steps:
-            rows = next_rows
-            running = state._replace(average=None, averaged=0)
-            running, info = run_chunk(algorithm, running, key, total, rows, chunk_size)
-            state = running._replace(average=state.average, averaged=state.averaged)
-            if source is not None:  # read the next chunk while the device works on this one
-                next_rows = source.chunk()
-            taken = min(chunk_size, num_steps - done)
-            done += taken
-            chunk_elbo = np.asarray(info.elbo)[:taken]
-            finite = np.asarray(info.finite)[:taken]
-            if not finite.any():
-                raise DivergenceError(
-                    f"Every ELBO or gradient in steps {done - taken}..{done} was NaN or inf. "
-                    "Lower the learning rate (optimizer=optax.adam(1e-3)), add draws "
-                    "(num_particles), or check priors whose support the model leaves."
-                )
-            mean_elbo = float(np.mean(chunk_elbo[finite]))
-            steps.append(done)
-            elbos.append(mean_elbo)
-            times.append(time.perf_counter() - start - paused)
-            bar.update(taken)
-            bar.set_postfix(elbo=f"{mean_elbo:.4g}")
-            if rule is not None:
-                value = evaluate(check_key, state.params, check_problem, check_index)
-                state = state._replace(stop=rule.update(state.stop, value))
-                if state.average is not None:
-                    state = add_to_average(state)
-                if bool(state.stop.converged):
-                    if certifier is None:
-                        reason = "converged"
-                        break
-                    candidate = _candidate(state)
-                    certificate, certified_at = certifier(candidate, attempts), done
-                    attempts += 1
-                    if _globals_unsettled(certificate) and certificate.natural_step is not None:
-                        # Adam's stationary jitter on q(theta): take the natural-gradient step
-                        # of the averaged gradient and certify anew; keep it only if the
-                        # certified gain left went down.
-                        params = apply_natural_step(candidate, certificate.natural_step)
-                        stepped = certifier(params, attempts)
-                        attempts += 1
-                        if _gain_left(stepped) < _gain_left(certificate):
-                            certificate, candidate = stepped, params
-                            average = None if state.average is None else params
-                            state = state._replace(params=params, average=average)
-                    if certificate.certified:
-                        state = state._replace(params=candidate)
-                        reason = "converged"
-                        break
-                    # Refused at the smallest rate: the iterates jitter around the optimum (or
-                    # still drift): average them from here on, and step back one stage.
-                    state = state._replace(stop=rule.reopen(state.stop))
-                    if state.average is None:
+    start = time.perf_counter() - record.wall_time
+
+    def snapshot(ending: str | None = None) -> Progress:
+        return Progress(
+            tuple(steps), tuple(elbos), tuple(times), tuple(backoffs), attempts, certified_at,
+            time.perf_counter() - start - paused, ending,
+        )
+
+    def history() -> History:
+        return History(
+            np.asarray(steps), np.asarray(elbos), np.asarray(times), np.asarray(backoffs, np.int64)
+        )
+
+    committed = (state, done, len(steps), attempts, certified_at, certificate)
+    try:
+        with tqdm(
+            total=num_steps,
+            initial=done,
+            disable=not progress,
+            desc=algorithm.problem.family.name,
+            unit="step",
+        ) as bar:
+            while done < num_steps:
+                before = state
+                rows = next_rows
+                running = state._replace(average=None, averaged=0)
+                running, info = run_chunk(algorithm, running, key, total, rows, chunk_size)
+                state = running._replace(average=state.average, averaged=state.averaged)
+                if source is not None:  # read the next chunk while the device works on this one
+                    next_rows = source.chunk()
+                taken = min(chunk_size, num_steps - done)
+                chunk_elbo = np.asarray(info.elbo)[:taken]
+                finite = np.asarray(info.finite)[:taken]
+                if np.mean(~finite) > BACKOFF_FRACTION:
+                    if len(backoffs) >= MAX_BACKOFFS:
+                        error = DivergenceError(
+                            f"Steps {done}..{done + taken}: {int((~finite).sum())} of {taken} "
+                            f"ELBOs or gradients were NaN or inf, after {len(backoffs)} back-offs "
+                            "(each returned to the last finite state and divided the update scale "
+                            "by 10). Lower the learning rate (optimizer=optax.adam(1e-3)), add "
+                            "draws (num_particles), or check priors whose support the model "
+                            "leaves. The error's `fit` holds the last finite fit."
+                        )
+                        error.run = Run(before, history(), time.perf_counter() - start - paused,
+                                        "diverged", None)
+                        raise error
+                    backoffs.append(done)
+                    stop = before.stop._replace(scale=before.stop.scale * BACKOFF_FACTOR)
+                    state = before._replace(stop=stop)
+                    continue
+                done += taken
+                mean_elbo = float(np.mean(chunk_elbo[finite]))
+                steps.append(done)
+                elbos.append(mean_elbo)
+                times.append(time.perf_counter() - start - paused)
+                bar.update(taken)
+                bar.set_postfix(elbo=f"{mean_elbo:.4g}")
+                if rule is not None:
+                    value = evaluate(check_key, state.params, check_problem, check_index)
+                    state = state._replace(stop=rule.update(state.stop, value))
+                    if state.average is not None:
                         state = add_to_average(state)
-            if callback is not None:
-                callback_start = time.perf_counter()
-                stop = callback(done, state.params, algorithm.problem)
-                paused += time.perf_counter() - callback_start
-                if stop:
-                    reason = "callback"
-                    break
+                    if bool(state.stop.converged):
+                        if certifier is None:
+                            reason = "converged"
+                            break
+                        candidate = _candidate(state)
+                        certificate, certified_at = certifier(candidate, attempts), done
+                        attempts += 1
+                        if _globals_unsettled(certificate) and certificate.natural_step is not None:
+                            # Adam's stationary jitter on q(theta): take the natural-gradient
+                            # step of the averaged gradient and certify anew; keep it only if
+                            # the certified gain left went down.
+                            params = apply_natural_step(candidate, certificate.natural_step)
+                            stepped = certifier(params, attempts)
+                            attempts += 1
+                            if _gain_left(stepped) < _gain_left(certificate):
+                                certificate, candidate = stepped, params
+                                average = None if state.average is None else params
+                                state = state._replace(params=params, average=average)
+                        if certificate.certified:
+                            state = state._replace(params=candidate)
+                            reason = "converged"
+                            break
+                        # Refused at the smallest rate: the iterates jitter around the optimum
+                        # (or still drift): average them from here on, and step back one stage.
+                        state = state._replace(stop=rule.reopen(state.stop))
+                        if state.average is None:
+                            state = add_to_average(state)
+                if callback is not None:
+                    callback_start = time.perf_counter()
+                    stop = callback(done, state.params, algorithm.problem)
+                    paused += time.perf_counter() - callback_start
+                    if stop:
+                        reason = "callback"
+                        break
+                committed = (state, done, len(steps), attempts, certified_at, certificate)
+                if checkpointer is not None and checkpointer.due():
+                    checkpointer.write(state, snapshot())
+    except KeyboardInterrupt:
+        state, done, kept, attempts, certified_at, certificate = committed
+        del steps[kept:], elbos[kept:], times[kept:]
+        if checkpointer is not None:
+            checkpointer.write(state, snapshot())
+        wall_time = time.perf_counter() - start - paused
+        return Run(state, history(), wall_time, "interrupted", certificate)
     if rule is not None and reason != "converged":
         state = state._replace(params=_candidate(state))
         if certifier is not None and certified_at != done:
             certificate = certifier(state.params, attempts)
+    if checkpointer is not None:
+        checkpointer.write(state, snapshot(reason))
     wall_time = time.perf_counter() - start - paused
-    history = History(np.asarray(steps), np.asarray(elbos), np.asarray(times))
-    return Run(state, history, wall_time, reason, certificate)
+    return Run(state, history(), wall_time, reason, certificate)
