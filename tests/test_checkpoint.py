@@ -139,3 +139,20 @@ def test_a_signalled_process_resumes_to_the_uninterrupted_fit(tmp_path, sig):
     resumed = avi.fit(linear.model, X, checkpoint=path, **{**options, "num_steps": saved_step + 300})
     reference = avi.fit(linear.model, X, **{**options, "num_steps": saved_step + 300})
     assert_same_fit(resumed, reference)
+
+
+def test_ctrl_c_in_compare_keeps_the_fits_done():
+    families = {"factorized": avi.Factorized(), "constant": avi.Constant()}
+    calls = {"count": 0}
+
+    def second_family(done, params, problem):
+        calls["count"] += 1
+        if problem.family.name == "constant":
+            raise KeyboardInterrupt
+
+    with pytest.raises(avi.Interrupted, match="family 'constant'") as caught:
+        with pytest.warns(avi.ConvergenceWarning, match="interrupted"):
+            avi.compare(linear.model, X, families=families, num_steps=300, callback=second_family)
+    fits = caught.value.fits
+    assert fits["factorized"][0].num_steps == 300
+    assert fits["constant"][0].stop_reason == "interrupted"

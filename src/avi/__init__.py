@@ -21,6 +21,7 @@ from avi.errors import (
     DataError,
     DivergenceError,
     FamilyError,
+    Interrupted,
     ModelError,
 )
 from avi.families import (
@@ -52,6 +53,7 @@ __all__ = [
     "DataError",
     "Diagonal",
     "DivergenceError",
+    "Interrupted",
     "Estimate",
     "Factorized",
     "FamilyError",

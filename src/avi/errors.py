@@ -35,3 +35,10 @@ class CallbackError(AviError):
 
 class ConvergenceWarning(UserWarning):
     """A fit stopped without a convergence certificate: some block could still gain nats."""
+
+
+class Interrupted(AviError):
+    """Ctrl-C stopped a command of several fits (``avi.compare``, ``avi.sweep``); ``fits``
+    holds the fits done, the interrupted one last (its ``stop_reason`` is "interrupted")."""
+
+    fits: dict | None = None

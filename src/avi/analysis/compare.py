@@ -50,7 +50,7 @@ import pandas as pd
 from avi.analysis.diagnostics import factor_gradient_norm
 from avi.analysis.per_datum import per_datum_elbo_draws
 from avi.analysis.refine import refine, split_options
-from avi.errors import AviError, FamilyError
+from avi.errors import AviError, FamilyError, Interrupted
 from avi.families import Factorized, Family, as_family
 from avi.fit import fit as fit_model
 from avi.model import Model
@@ -484,10 +484,19 @@ def compare(
     fits: dict[str, tuple[Fit, ...]] = {}
     draws: dict[str, tuple[np.ndarray, ...]] = {}
     for name, family in resolved.items():
-        fits[name] = tuple(
-            fit_model(model, *args, family=family, seed=seed, **fit_options, **model_kwargs)
-            for seed in seed_list
-        )
+        done = []
+        for seed in seed_list:
+            done.append(
+                fit_model(model, *args, family=family, seed=seed, **fit_options, **model_kwargs)
+            )
+            if done[-1].stop_reason == "interrupted":
+                error = Interrupted(
+                    f"avi.compare was interrupted while fitting family '{name}' (seed {seed}); "
+                    "the error's `fits` holds the fits done, family -> fits by seed."
+                )
+                error.fits = {**fits, name: tuple(done)}
+                raise error
+        fits[name] = tuple(done)
         draws[name] = tuple(
             f.elbo_draws(int(eval_particles), seed=EVAL_SEED + seed)
             for seed, f in zip(seed_list, fits[name], strict=True)

@@ -142,6 +142,7 @@ def _fit(args: argparse.Namespace) -> int:
         "learning_rate": args.learning_rate,
         "plate": args.plate,
         "groups": args.groups,
+        "checkpoint": args.checkpoint,
     }
     options = {k: v for k, v in given.items() if v is not None}
     result = fit(
@@ -159,6 +160,13 @@ def _fit(args: argparse.Namespace) -> int:
     (out / SUMMARY).write_text(text)
     plot_history(result, out / FIGURE)
     print(text, end="")
+    if result.stop_reason == "interrupted":
+        resume = (
+            f"; run the same command again to resume from {args.checkpoint}"
+            if args.checkpoint
+            else "; --checkpoint FILE would let the next run resume"
+        )
+        print(f"interrupted at step {result.num_steps}: the partial fit is written to {out}{resume}")
     return 0
 
 
@@ -229,6 +237,13 @@ def add_fit_command(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="LR",
         help="Adam's learning rate (default 1e-2)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="keep the fit's state in FILE (every minute, on Ctrl-C, at the end) and resume "
+        "from it when it exists",
     )
     add_eval_particles(parser)
     parser.add_argument(

@@ -61,6 +61,7 @@ def _history(record: Mapping[str, Any]) -> History:
         np.asarray(record["step"], dtype=np.int64),
         np.asarray(record["elbo"], dtype=np.float64),
         np.asarray(record["wall_time"], dtype=np.float64),
+        np.asarray(record.get("backoff", []), dtype=np.int64),
     )
 
 

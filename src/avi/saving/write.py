@@ -67,6 +67,7 @@ def _training(fit: Fit) -> dict[str, Any]:
             "step": [int(v) for v in np.asarray(history.step)],
             "elbo": [_number(v) for v in np.asarray(history.elbo)],
             "wall_time": [float(v) for v in np.asarray(history.wall_time)],
+            "backoff": [int(v) for v in np.asarray(history.backoff)],
         },
         "certificate": _certificate(fit.known_certificate),
     }
