@@ -105,7 +105,7 @@ def test_sample_and_arviz(fits):
     assert samples["theta"].shape == (200,)
     assert samples["z"].shape == (200, linear.NUM_DATA)
     idata = fits["amortized"].to_arviz(num_samples=50)
-    assert idata.posterior["theta"].shape == (1, 50)
+    assert idata.posterior["theta"].shape == (4, 50)
 
 
 def test_history_and_bookkeeping(fits):

@@ -26,6 +26,7 @@ from avi.families import Family, count_parameters
 from avi.families.protocol import given_globals
 from avi.model import SiteLayout, TracedModel, trace_model
 from avi.model.describe import describe_layout, site_differences
+from avi.model.predictive import derived, deterministic, site_dims
 from avi.options import check_bool, check_seed, positive_int
 from avi.vi import History, State
 from avi.vi.certify import Certificate
@@ -279,7 +280,8 @@ class Fit:
 
         Sites are drawn independently from :meth:`posterior`'s marginals, except for a family
         given the globals, whose draws are joint: theta ~ q(theta), then z_n ~ q(z_n | theta,
-        x_n).
+        x_n). The model's deterministic sites are computed from each draw (where the data
+        are at hand: the training data in memory, or new data).
 
         Returns:
             site name -> array of shape (num_samples, *site shape).
@@ -287,13 +289,35 @@ class Fit:
         num_samples = positive_int("num_samples", num_samples)
         seed = check_seed(seed)
         if given_globals(self.family):
-            return self._joint_sample(num_samples, seed, args, kwargs)
-        posterior = self.posterior(*args, **kwargs)
-        keys = jax.random.split(jax.random.PRNGKey(seed), len(posterior))
-        return {
-            name: np.asarray(d.sample(k, (num_samples,)))
-            for k, (name, d) in zip(keys, posterior.items(), strict=True)
-        }
+            draws = self._joint_sample(num_samples, seed, args, kwargs)
+        else:
+            posterior = self.posterior(*args, **kwargs)
+            keys = jax.random.split(jax.random.PRNGKey(seed), len(posterior))
+            draws = {
+                name: np.asarray(d.sample(k, (num_samples,)))
+                for k, (name, d) in zip(keys, posterior.items(), strict=True)
+            }
+        data = self._model_data(args, kwargs)
+        if data is None:
+            return draws
+        model_args, model_kwargs, trace = data
+        return {**draws, **deterministic(self.traced.model, draws, model_args, model_kwargs, trace)}
+
+    def _model_data(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], Any] | None:
+        """(arguments, keyword arguments, trace) of the model on new data, or on the training
+        data when they are in memory; None otherwise."""
+        plate = self.traced.layout.plate
+        if args or kwargs:
+            model_args, model_kwargs = model_arguments(
+                self.traced.model, *convert_arguments(args, kwargs)
+            )
+            trace = trace_model(self.traced.model, model_args, model_kwargs, plate=plate).trace
+            return model_args, model_kwargs, trace
+        if self.problem is not None and not self.streamed:
+            return self.args, self.kwargs, self.traced.trace
+        return None
 
     def _joint_sample(
         self, num_samples: int, seed: int, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -363,8 +387,24 @@ class Fit:
 
         return save_fit(self, path, overwrite=check_bool("overwrite", overwrite))
 
-    def to_arviz(self, num_samples: int = 1000, seed: int = 0):
-        """The variational posterior as an ``arviz.InferenceData`` (one chain of draws)."""
+    def to_arviz(
+        self, *args: Any, num_samples: int = 250, chains: int = 4, seed: int = 0, **kwargs: Any
+    ):
+        """The variational posterior as an ``arviz.InferenceData``.
+
+        Groups: ``posterior`` (every latent site and the model's deterministic sites),
+        ``posterior_predictive`` (each observed site sampled given each draw),
+        ``log_likelihood`` (per datum of the data plate: ``az.loo`` and ``az.waic`` work; for
+        a grouped model per group) and ``observed_data``; axes along the data plate are named
+        after it. The draws are independent draws of q split into ``chains`` chains of
+        ``num_samples`` (ArviZ's shape checks want several chains; their R-hat is about 1 by
+        construction and says nothing of the optimisation, whose evidence is
+        :attr:`certificate`). With new data (same signature as the model) the groups are
+        ``predictions`` (latents of the new data, deterministic sites, replicates) and
+        ``posterior`` (the globals).
+
+        Memory: the predictive groups hold ``chains * num_samples`` values per datum.
+        """
         with warnings.catch_warnings():
             # ArviZ 0.2x announces its coming refactor with a FutureWarning on import.
             warnings.filterwarnings(
@@ -372,8 +412,57 @@ class Fit:
             )
             import arviz as az
 
-        samples = self.sample(num_samples, seed=seed)
-        return az.from_dict(posterior={k: v[None] for k, v in samples.items()})
+        num_samples = positive_int("num_samples", num_samples)
+        chains = positive_int("chains", chains)
+        total = chains * num_samples
+        draws = self.sample(total, *args, seed=seed, **kwargs)
+        plate = self.traced.layout.plate
+        data = self._model_data(args, kwargs)
+        model_args, model_kwargs, trace = data if data is not None else (None, None, None)
+
+        def chained(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: np.reshape(v, (chains, num_samples, *np.shape(v)[1:])) for k, v in values.items()}
+
+        dims = {s.name: _layout_dims(s, plate) for s in self.traced.layout.locals}
+        groups: dict[str, dict[str, np.ndarray]] = {"posterior": dict(draws)}
+        if trace is not None:
+            extra = derived(
+                jax.random.PRNGKey(check_seed(seed) + 1), self.traced.model, draws,
+                model_args, model_kwargs, trace, plate,
+            )
+            computed = [n for n in draws if trace[n]["type"] == "deterministic"]
+            for name in (*computed, *extra.deterministic, *extra.replicated, *extra.observed):
+                dims[name] = site_dims(trace[name], plate, name)
+            groups["posterior"].update(extra.deterministic)
+            groups["posterior_predictive"] = extra.replicated
+            groups["log_likelihood"] = {k: v for k, v in extra.log_likelihood.items()}
+            for name in extra.log_likelihood:
+                dims.setdefault(f"{name}__loglik", [plate])
+        if args or kwargs:
+            global_names = {s.name for s in self.traced.layout.globals}
+            predictions = {k: v for k, v in groups.pop("posterior").items() if k not in global_names}
+            predictions.update(groups.pop("posterior_predictive", {}))
+            groups.pop("log_likelihood", None)
+            return az.from_dict(
+                posterior=chained({k: draws[k] for k in global_names}),
+                predictions=chained(predictions),
+                dims=dims,
+                pred_dims=dims,
+            )
+        loglik_dims = {k: [plate] for k in groups.get("log_likelihood", {})}
+        return az.from_dict(
+            posterior=chained(groups["posterior"]),
+            posterior_predictive=chained(groups.get("posterior_predictive", {})) or None,
+            log_likelihood=chained(groups.get("log_likelihood", {})) or None,
+            observed_data=extra.observed if trace is not None else None,
+            dims={**dims, **loglik_dims},
+        )
+
+
+def _layout_dims(site: SiteLayout, plate: str) -> list[str]:
+    dims = [f"{site.name}_dim_{i}" for i in range(len(site.shape) + 1)]
+    dims[site.plate_axis] = plate
+    return dims
 
 
 _full_data_draws = eqx.filter_jit(

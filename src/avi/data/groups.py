@@ -89,11 +89,11 @@ class GroupRows(dist.Distribution):
     """
 
     arg_constraints: dict = {}
-    pytree_data_fields = ("base", "mask")
+    pytree_data_fields = ("base", "real")
     pytree_aux_fields = ("group_dim",)
 
     def __init__(self, base: dist.Distribution, mask: jax.Array, group_dim: int) -> None:
-        self.base, self.mask, self.group_dim = base, mask, group_dim
+        self.base, self.real, self.group_dim = base, mask, group_dim
         batch = (mask.shape[0],) + (1,) * (-group_dim - 1)
         super().__init__(batch, (mask.shape[1], *base.event_shape), validate_args=False)
 
@@ -106,8 +106,8 @@ class GroupRows(dist.Distribution):
 
     def log_prob(self, value: jax.Array) -> jax.Array:
         per_row = self.base.log_prob(self._rows(value))
-        per_row = jnp.where(self.mask.reshape(-1), per_row, 0.0)
-        return per_row.reshape(self.mask.shape).sum(-1).reshape(self.batch_shape)
+        per_row = jnp.where(self.real.reshape(-1), per_row, 0.0)
+        return per_row.reshape(self.real.shape).sum(-1).reshape(self.batch_shape)
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         rows = self.base.sample(key, sample_shape)
