@@ -123,3 +123,18 @@ def test_after_a_refusal_the_average_is_certified_and_returned_and_beats_the_las
     assert fit.params is fit.state.average
     returned, iterate = _exact_shortfall(fit.params, data), _exact_shortfall(last["params"], data)
     assert 0 <= returned < 0.8 * iterate, (returned, iterate)
+
+
+def test_the_progress_bar_ends_on_what_happened(capsys):
+    x = linear.simulate(200, seed=0)
+    fit = avi.fit(linear.model, x, family=avi.Amortized(avi.Polynomial(1)), progress=True)
+    assert fit.converged
+    final = capsys.readouterr().err.strip().split("\r")[-1]
+    assert final.startswith(f"amortized Polynomial(1): certified at step {fit.num_steps}")
+    assert "100%" in final
+    with pytest.warns(avi.ConvergenceWarning):
+        short = avi.fit(linear.model, x, family="factorized", max_steps=100, progress=True)
+    final = capsys.readouterr().err.strip().split("\r")[-1]
+    assert final.startswith("factorized: stopped at max_steps, not certified"), final
+    assert repr(short).startswith("avi.Fit(factorized; N = 200 in plate 'data'; 100 steps")
+    assert "not certified" in repr(short) and len(repr(short)) < 300

@@ -32,7 +32,7 @@ from avi.vi import History, State
 from avi.vi.certify import Certificate
 from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws, global_distribution
 from avi.vi.problem import Problem, VariationalParams
-from avi.vi.runner import Certifier
+from avi.vi.runner import Certifier, family_label
 
 __all__ = ["Estimate", "Fit"]
 
@@ -60,7 +60,7 @@ def elbo_block(num_data: int, local_dim: int) -> int:
     return max(1, min(MAX_ELBO_BLOCK, int(ELBO_BLOCK_ELEMENTS // max(1, num_data * local_dim))))
 
 
-@dataclass
+@dataclass(repr=False)
 class Fit:
     """A fitted variational approximation.
 
@@ -92,6 +92,22 @@ class Fit:
     streamed: bool = False
     certifier: Certifier | None = field(default=None, repr=False, compare=False)
     known_certificate: Certificate | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        """A short summary (the data and parameters are not printed)."""
+        layout = self.traced.layout
+        if self.stop_reason == "converged":
+            evidence = "certified"
+        elif self.known_certificate is not None:
+            evidence = "certified" if self.known_certificate.certified else "not certified"
+        else:
+            evidence = "certificate not computed (read fit.certificate)"
+        last = f", last ELBO {self.history.elbo[-1]:.6g}" if len(self.history.elbo) else ""
+        return (
+            f"avi.Fit({family_label(self.family)}; N = {layout.num_data} in plate "
+            f"'{layout.plate}'; {self.num_steps} steps, stopped: {self.stop_reason}, {evidence}"
+            f"{last}; {self.num_parameters:,} parameters)"
+        )
 
     @property
     def certificate(self) -> Certificate:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -167,6 +167,42 @@ def add_to_average(state: State) -> State:
     return state._replace(average=average, averaged=count)
 
 
+def family_label(family: Any) -> str:
+    """A short name of a family for the progress bar: "factorized", "amortized MLP(32)",
+    "amortized Polynomial(1) given globals", with the factor when not the diagonal Gaussian."""
+    label = family.name
+    encoder = getattr(family, "encoder", None)
+    if encoder is not None:
+        if hasattr(encoder, "width"):
+            label += f" MLP({encoder.width})"
+        elif hasattr(encoder, "degree"):
+            label += f" Polynomial({encoder.degree})"
+        else:
+            label += f" {type(encoder).__name__}"
+    factor = getattr(family, "factor", None)
+    if factor is not None and type(factor).__name__ != "Diagonal":
+        label += f" {type(factor).__name__}"
+    if getattr(family, "given_globals", False):
+        label += " given globals"
+    return label
+
+
+def _final_line(bar: tqdm, done: int, reason: str, ruled: bool) -> None:
+    """End the bar on what happened: its total becomes the steps taken (a fit certified early
+    does not end at "10%"), its description says why it stopped."""
+    ending = {
+        "converged": f"certified at step {done}",
+        "max_steps": "stopped at max_steps, not certified",
+        "callback": "stopped by the callback",
+        "num_steps": f"{done} steps",
+    }.get(reason, reason)
+    if reason == "max_steps" and not ruled:
+        ending = f"{done} steps"
+    bar.total = done
+    bar.set_description(f"{bar.desc.split(':')[0]}: {ending}")
+    bar.refresh()
+
+
 def evaluation_index(key: jax.Array, num_data: int, batch_size: int | None) -> jax.Array | None:
     """The fixed data on which the stop rule evaluates the ELBO: all data in full-batch mode,
     else 16 B data drawn once, uniformly with replacement (O(B) work whatever N is)."""
@@ -282,7 +318,7 @@ def run(
             total=num_steps,
             initial=done,
             disable=not progress,
-            desc=algorithm.problem.family.name,
+            desc=family_label(algorithm.problem.family),
             unit="step",
         ) as bar:
             while done < num_steps:
@@ -362,6 +398,7 @@ def run(
                 committed = (state, done, len(steps), attempts, certified_at, certificate)
                 if checkpointer is not None and checkpointer.due():
                     checkpointer.write(state, snapshot())
+            _final_line(bar, done, reason, rule is not None)
     except KeyboardInterrupt:
         state, done, kept, attempts, certified_at, certificate = committed
         del steps[kept:], elbos[kept:], times[kept:]
