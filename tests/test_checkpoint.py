@@ -151,8 +151,29 @@ def test_ctrl_c_in_compare_keeps_the_fits_done():
             raise KeyboardInterrupt
 
     with pytest.raises(avi.Interrupted, match="family 'constant'") as caught:
-        with pytest.warns(avi.ConvergenceWarning, match="interrupted"):
-            avi.compare(linear.model, X, families=families, num_steps=300, callback=second_family)
+        avi.compare(linear.model, X, families=families, num_steps=300, callback=second_family)
     fits = caught.value.fits
     assert fits["factorized"][0].num_steps == 300
     assert fits["constant"][0].stop_reason == "interrupted"
+
+
+def test_ctrl_c_in_reproduce_stops_it_and_says_what_was_written(tmp_path, monkeypatch):
+    """The first fit of the experiment is interrupted: reproduce stops there (no further fit
+    starts) and the command line exits with 130 and says where the finished work is."""
+    from avi.cli.main import main
+    from avi.paper.reproduce import run as reproduce_run
+
+    real_fit = avi.fit
+    calls = []
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    def fit_with_interrupt(*args, **kwargs):
+        calls.append(1)
+        return real_fit(*args, **{**kwargs, "callback": stop})
+
+    monkeypatch.setattr(reproduce_run.avi, "fit", fit_with_interrupt)
+    out = tmp_path / "r"
+    code = main(["reproduce", "linear", "--quick", "--num-seeds", "1", "--out", str(out)])
+    assert code == 130 and len(calls) == 1

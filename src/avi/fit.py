@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,14 @@ from avi.data.groups import GroupedModel, group_data
 from avi.data.prepare import Prepared, prepare_in_memory, prepare_streamed
 from avi.data.shard import data_mesh, shard_rows
 from avi.data.stream import BatchSource, is_streamed
-from avi.errors import AviError, ConvergenceWarning, DivergenceError, FamilyError, ModelError
+from avi.errors import (
+    AviError,
+    ConvergenceWarning,
+    DivergenceError,
+    FamilyError,
+    Interrupted,
+    ModelError,
+)
 from avi.families import Family, as_family
 from avi.model import Model
 from avi.model.describe import describe_layout
@@ -53,6 +62,23 @@ from avi.vi.runner import Callback, Certifier, Run
 from avi.vi.state import State
 
 __all__ = ["fit"]
+
+
+RAISE_ON_INTERRUPT: ContextVar[bool] = ContextVar("avi_raise_on_interrupt", default=False)
+"""Inside :func:`interrupts_raise`, Ctrl-C during a fit raises :class:`avi.Interrupted` (with
+the partial fit) instead of returning it: commands of many fits stop as a whole."""
+
+
+@contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """Within this block an interrupted :func:`fit` raises :class:`avi.Interrupted` whose
+    ``fits`` holds the partial fit under "interrupted" (``avi.compare``, ``avi sweep``, ``avi
+    reproduce``: the next fit must not start)."""
+    token = RAISE_ON_INTERRUPT.set(True)
+    try:
+        yield
+    finally:
+        RAISE_ON_INTERRUPT.reset(token)
 
 
 DEFAULT_MAX_STEPS = 20_000
@@ -322,6 +348,10 @@ def fit(
         _warn_unconverged(fitted)
     elif result.reason == "interrupted":
         where = f"; its checkpoint is {checkpointer.path}" if checkpointer is not None else ""
+        if RAISE_ON_INTERRUPT.get():
+            error = Interrupted(f"interrupted at step {fitted.num_steps}{where}")
+            error.fits = {"interrupted": fitted}
+            raise error
         warnings.warn(
             f"avi.fit was interrupted at step {fitted.num_steps}: the fit returned is the last "
             f"whole chunk's and is not converged{where}.",

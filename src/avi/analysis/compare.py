@@ -53,6 +53,7 @@ from avi.analysis.refine import refine, split_options
 from avi.errors import AviError, FamilyError, Interrupted
 from avi.families import Factorized, Family, as_family
 from avi.fit import fit as fit_model
+from avi.fit import interrupts_raise
 from avi.model import Model
 from avi.result import Estimate, Fit
 from avi.vi import History
@@ -486,16 +487,19 @@ def compare(
     for name, family in resolved.items():
         done = []
         for seed in seed_list:
-            done.append(
-                fit_model(model, *args, family=family, seed=seed, **fit_options, **model_kwargs)
-            )
-            if done[-1].stop_reason == "interrupted":
+            try:
+                with interrupts_raise():
+                    fitted = fit_model(
+                        model, *args, family=family, seed=seed, **fit_options, **model_kwargs
+                    )
+            except Interrupted as interrupted:
                 error = Interrupted(
                     f"avi.compare was interrupted while fitting family '{name}' (seed {seed}); "
                     "the error's `fits` holds the fits done, family -> fits by seed."
                 )
-                error.fits = {**fits, name: tuple(done)}
-                raise error
+                error.fits = {**fits, name: (*done, interrupted.fits["interrupted"])}
+                raise error from None
+            done.append(fitted)
         fits[name] = tuple(done)
         draws[name] = tuple(
             f.elbo_draws(int(eval_particles), seed=EVAL_SEED + seed)

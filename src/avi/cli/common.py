@@ -9,11 +9,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from avi.errors import AviError
+from avi.errors import AviError, Interrupted
 
 Handler = Callable[[argparse.Namespace], int]
 
 USER_ERROR_STATUS = 2
+
+INTERRUPTED_STATUS = 130
+"""Exit status after Ctrl-C (128 + SIGINT), with what was done said on stderr."""
 
 
 def handled(command: str, handler: Handler) -> Handler:
@@ -23,6 +26,9 @@ def handled(command: str, handler: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
+        except Interrupted as interrupted:
+            print(f"avi {command}: {interrupted}", file=sys.stderr)
+            return INTERRUPTED_STATUS
         except (AviError, OSError) as error:
             text = str(error) if isinstance(error, AviError) else f"{type(error).__name__}: {error}"
             print(f"avi {command}: error: {text}", file=sys.stderr)

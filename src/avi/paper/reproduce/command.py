@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from avi.errors import AviError
+from avi.errors import AviError, Interrupted
+from avi.fit import interrupts_raise
 from avi.paper.experiments import registry
 from avi.paper.experiments.sizes import DEFAULT_SEEDS, check_size
 from avi.paper.reproduce.files import save
@@ -55,9 +56,22 @@ def reproduce(
     names = registry.names(name)
     check_output(out, names, force)
     setups = [registry.build(n, size, data) for n in names]
+    finished = []
     for setup in setups:
-        result = run_experiment(setup, size, range(seeds), log)
+        try:
+            with interrupts_raise():
+                result = run_experiment(setup, size, range(seeds), log)
+        except Interrupted as error:
+            report = write_report(out) if finished else None
+            message = (
+                f"avi reproduce was interrupted during experiment '{setup.name}' ({error}); the "
+                f"experiments finished before it are in {out}"
+                + (f" (report: {out / 'REPORT.md'})" if report is not None else "")
+                + "."
+            )
+            raise Interrupted(message) from None
         result.info = replace(result.info, command=command)
         save(result, out / setup.name)
         log(f"[{setup.name}] done in {result.info.duration_s:.0f} s -> {out / setup.name}")
+        finished.append(setup.name)
     return write_report(out)
