@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -n 2 -q
+
+# Headless Chromium for the HTML report's browser test (Debian's package; needs root). The test
+# is skipped, saying why, where it cannot be installed; this target never fails the build.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium) >/dev/null 2>&1 \
+		|| echo "make browser: chromium could not be installed; the browser test will be skipped"; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from avi.analysis.compare import Comparison, compare
+from avi.analysis.report import comparison_report
 from avi.cli.common import (
     add_eval_particles,
     add_model_arguments,
@@ -62,6 +63,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if args.report is not None and Path(args.report).is_dir():
+        raise AviError(f"--report {args.report}: it is a folder; give a file such as out.html.")
     figures = None if args.figures is None else Path(args.figures)
     if figures is not None and figures.exists() and not figures.is_dir():
         raise AviError(f"--figures {figures}: it is a file; give a folder for the figures.")
@@ -103,6 +106,10 @@ def _compare(args: argparse.Namespace) -> int:
     )
     if figures is not None:
         _save_figures(comparison, figures)
+    if args.report is not None:
+        structure = check(model, *model_args, plate=args.plate, groups=args.groups, **model_kwargs)
+        path = comparison_report(comparison, args.report, structure)
+        print(f"report: {path}")
     return 0
 
 
@@ -180,6 +187,13 @@ def add_analysis_commands(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="DIR",
         help="also write elbo.png and per-datum gap histograms to DIR",
+    )
+    compare_parser.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE.html",
+        help="also write one self-contained HTML page: structure check, table, figures and "
+        "convergence evidence",
     )
     add_progress(compare_parser)
     compare_parser.set_defaults(handler=handled("compare", _compare))

@@ -24,16 +24,19 @@ from avi.cli.common import (
     seed,
 )
 from avi.cli.inputs import FAMILY_TOKENS, parse_family, parse_window
+from avi.analysis.report import fit_report
 from avi.data.groups import GroupedModel
 from avi.errors import AviError
 from avi.families import Amortized
 from avi.fit import fit
 from avi.result import Fit
 from avi.saving.files import ARRAYS, DESCRIPTION
+from avi.structure import check
 
 SUMMARY = "summary.txt"
 FIGURE = "elbo.png"
-OWN_FILES = (DESCRIPTION, ARRAYS, SUMMARY, FIGURE)
+REPORT = "report.html"
+OWN_FILES = (DESCRIPTION, ARRAYS, SUMMARY, FIGURE, REPORT)
 """What ``avi fit`` writes into DIR; ``--force`` replaces these and nothing else."""
 
 
@@ -160,6 +163,9 @@ def _fit(args: argparse.Namespace) -> int:
     (out / SUMMARY).write_text(text)
     plot_history(result, out / FIGURE)
     print(text, end="")
+    if args.report:
+        structure = check(model, *model_args, plate=args.plate, groups=args.groups, **model_kwargs)
+        print(f"report: {fit_report(result, out / REPORT, structure, summary=text)}")
     if result.stop_reason == "interrupted":
         resume = (
             f"; run the same command again to resume from {args.checkpoint}"
@@ -237,6 +243,12 @@ def add_fit_command(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="LR",
         help="Adam's learning rate (default 1e-2)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help=f"also write DIR/{REPORT}: one self-contained HTML page (structure check, "
+        "summary, ELBO against time, convergence evidence)",
     )
     parser.add_argument(
         "--checkpoint",

@@ -190,6 +190,8 @@ def family_label(family: Any) -> str:
 def _final_line(bar: tqdm, done: int, reason: str, ruled: bool) -> None:
     """End the bar on what happened: its total becomes the steps taken (a fit certified early
     does not end at "10%"), its description says why it stopped."""
+    if bar.disable:
+        return
     ending = {
         "converged": f"certified at step {done}",
         "max_steps": "stopped at max_steps, not certified",
