@@ -7,6 +7,7 @@ amortization gap, and infers counties held out of training in one encoder pass.
 
     .venv/bin/python examples/radon.py            # Minnesota, 919 houses in 85 counties
     .venv/bin/python examples/radon.py --state all  # 12,573 houses in 386 counties
+    .venv/bin/python examples/radon.py --counties 20 --max-steps 300  # a tiny run (the test's)
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ def main() -> None:
     parser.add_argument("--state", default="MN", choices=["MN", "all"])
     parser.add_argument("--held-out", type=int, default=5, help="counties held out of training")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--counties", type=int, default=None,
+                        help="keep only the first K counties (a quicker run)")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap on each fit's steps")
     options = parser.parse_args()
     data = radon(options.state)
+    if options.counties is not None:
+        data = data.subset(np.arange(options.counties))
+    caps = {} if options.max_steps is None else {"max_steps": options.max_steps}
     args = (data.county, data.floor, data.num_counties)
     print(f"radon ({options.state}): {len(data.log_radon):,} houses in {data.num_counties} counties")
     print(avi.check(radon_intercept, *args, log_radon=data.log_radon).explanation, "\n")
@@ -36,7 +43,7 @@ def main() -> None:
         for label, family in [("F-VI", "factorized"), ("A-VI", avi.Amortized(avi.MLP(32)))]:
             start = time.time()
             fitted = avi.fit(model, *args, log_radon=data.log_radon, family=family,
-                             seed=options.seed, progress=False)
+                             seed=options.seed, progress=False, **caps)
             elbo = fitted.elbo()
             fits[model.__name__, label] = fitted
             print(f"{model.__name__:16s} {label}: ELBO {elbo}, {fitted.num_steps} steps, "

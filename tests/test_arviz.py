@@ -57,6 +57,8 @@ def test_groups_dims_and_deterministic_sites(schools):
     assert idata.posterior_predictive["y"].shape == (4, 200, 8)
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "school")
     np.testing.assert_array_equal(idata.observed_data["y"].values, Y)
+    np.testing.assert_array_equal(idata.constant_data["sigma"].values, SIGMA)
+    assert idata.constant_data["sigma"].dims == ("school",)
     assert schools.sample(10)["theta"].shape == (10, 8)
 
 

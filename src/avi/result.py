@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
 from avi.data.boundary import convert_arguments
-from avi.data.groups import model_arguments
+from avi.data.groups import GroupedModel, model_arguments
 from avi.data.prepare import FeatureScaling
 from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
@@ -466,13 +467,43 @@ class Fit:
                 pred_dims=dims,
             )
         loglik_dims = {k: [plate] for k in groups.get("log_likelihood", {})}
+        constant = {}
+        if trace is not None and not isinstance(self.traced.model, GroupedModel):
+            constant = _constant_data(self.traced.model, model_args, model_kwargs, extra.observed)
+            for name, value in constant.items():
+                names = [f"{name}_dim_{i}" for i in range(np.ndim(value))]
+                if np.ndim(value) and np.shape(value)[0] == self.traced.layout.num_data:
+                    names[0] = plate
+                dims[name] = names
         return az.from_dict(
             posterior=chained(groups["posterior"]),
             posterior_predictive=chained(groups.get("posterior_predictive", {})) or None,
             log_likelihood=chained(groups.get("log_likelihood", {})) or None,
             observed_data=extra.observed if trace is not None else None,
+            constant_data=constant or None,
             dims={**dims, **loglik_dims},
         )
+
+
+def _constant_data(
+    model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], observed: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The model's array arguments that are not observations, named by its signature."""
+    try:
+        parameters = [p.name for p in inspect.signature(model).parameters.values()]
+    except (TypeError, ValueError):
+        parameters = []
+    named = [
+        (parameters[i] if i < len(parameters) else f"arg{i}", a) for i, a in enumerate(args)
+    ] + list(kwargs.items())
+    constant = {}
+    for name, value in named:
+        if not isinstance(value, (np.ndarray, jax.Array)) or name in observed:
+            continue
+        value = np.asarray(value)
+        if not any(v.shape == value.shape and np.array_equal(v, value) for v in observed.values()):
+            constant[name] = value
+    return constant
 
 
 def _layout_dims(site: SiteLayout, plate: str) -> list[str]:
