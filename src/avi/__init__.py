@@ -2,6 +2,7 @@
 
 from avi import vi
 from avi.amortization_warning import AmortizationWarning, warn_if_not_amortizable
+from avi.analysis.aggregate import plot_aggregate_posterior
 from avi.analysis.compare import Comparison, compare
 from avi.analysis.diagnostics import (
     GeneralizationGap,
@@ -77,6 +78,7 @@ __all__ = [
     "generalization_gap",
     "load",
     "per_datum_elbo_draws",
+    "plot_aggregate_posterior",
     "psis_khat",
     "refine",
     "reliability",

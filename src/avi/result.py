@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from scipy.special import logsumexp
 from numpyro.distributions.transforms import biject_to
 
 from avi.data.boundary import convert_arguments
@@ -372,6 +373,48 @@ class Fit:
         draws = self.elbo_draws(num_particles, seed)
         return Estimate(float(np.mean(draws)), float(np.std(draws, ddof=1) / math.sqrt(draws.size)))
 
+    def aggregate_posterior(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
+        """Per local site, the aggregate posterior (1/N) sum_n q(z | x_n) over the training
+        data (or new data) as a NumPyro distribution; see
+        :func:`avi.analysis.aggregate.aggregate_posterior` and
+        :func:`avi.analysis.aggregate.plot_aggregate_posterior` (its picture against the
+        prior)."""
+        from avi.analysis.aggregate import aggregate_posterior  # a consumer of fits
+
+        return aggregate_posterior(self, *args, **kwargs)
+
+    def log_evidence(
+        self, num_particles: int = 1000, num_estimates: int = 20, seed: int = 0
+    ) -> Estimate:
+        """The importance-weighted bound on log p(x) (Burda et al. 2016), with K =
+        ``num_particles`` joint draws (theta_k, z_k) ~ q and w_k = p(x, theta_k, z_k) /
+        q(theta_k, z_k):
+
+            L_K = E[log (1/K) sum_k w_k],   ELBO = L_1 <= L_K <= L_{K+1} <= log p(x),
+
+        so ``log_evidence() - elbo()`` is a lower bound on KL(q || p), tighter as K grows.
+
+        Returns:
+            Estimate(mean, stderr) over ``num_estimates`` independent L_K estimates.
+        """
+        self._check_in_memory("the log evidence")
+        num_particles = positive_int("num_particles", num_particles)
+        if positive_int("num_estimates", num_estimates) < 2:
+            raise AviError(f"num_estimates={num_estimates!r}: give an integer >= 2.")
+        layout = self.traced.layout
+        block = elbo_block(layout.num_data, layout.local_dim)
+        key = jax.random.PRNGKey(check_seed(seed))
+        total = num_particles * num_estimates
+        weights = [
+            np.asarray(
+                _full_data_log_weights(jax.random.fold_in(key, i), self.params, self.problem, block)
+            )
+            for i in range(math.ceil(total / block))
+        ]
+        log_w = np.concatenate(weights)[:total].astype(np.float64).reshape(num_estimates, -1)
+        bounds = logsumexp(log_w, axis=1) - math.log(num_particles)
+        return Estimate(float(bounds.mean()), float(bounds.std(ddof=1) / math.sqrt(num_estimates)))
+
     def elbo_draws(self, num_particles: int, seed: int = 0) -> np.ndarray:
         """Per-draw full-data ELBO estimates, computed in fixed-size blocks that bound memory
         (one compiled program for every ``num_particles``)."""
@@ -515,6 +558,12 @@ def _layout_dims(site: SiteLayout, plate: str) -> list[str]:
 _full_data_draws = eqx.filter_jit(
     lambda key, params, problem, num: elbo_draws(key, params, problem, None, num)
 )
+
+_full_data_log_weights = eqx.filter_jit(
+    lambda key, params, problem, num: elbo_draws(key, params, problem, None, num, True)
+)
+"""log p(x, theta, z) - log q(theta, z) of ``num`` joint draws (the sticking-the-landing form
+of the ELBO draw is exactly this log weight)."""
 
 
 def _check_same_sites(trained: TracedModel, new: TracedModel) -> None:
