@@ -25,6 +25,7 @@ from avi.data.prepare import FeatureScaling
 from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
 from avi.families import Family, count_parameters
+from avi.families.aggregate import aggregate_factors
 from avi.families.protocol import given_globals
 from avi.model import SiteLayout, TracedModel, trace_model
 from avi.model.describe import describe_layout, site_differences
@@ -375,13 +376,14 @@ class Fit:
 
     def aggregate_posterior(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
         """Per local site, the aggregate posterior (1/N) sum_n q(z | x_n) over the training
-        data (or new data) as a NumPyro distribution; see
-        :func:`avi.analysis.aggregate.aggregate_posterior` and
-        :func:`avi.analysis.aggregate.plot_aggregate_posterior` (its picture against the
-        prior)."""
-        from avi.analysis.aggregate import aggregate_posterior  # a consumer of fits
-
-        return aggregate_posterior(self, *args, **kwargs)
+        data (or new data given as the model's arguments), as a NumPyro distribution
+        (``sample``, ``log_prob``) over one datum's value of the site, in its constrained
+        space; for a family given the globals the factors are taken at q(theta)'s mean.
+        :func:`avi.plot_aggregate_posterior` draws it against the prior."""
+        lam = self._factor_params(*args, **kwargs)
+        return aggregate_factors(
+            self.family.factor, lam, self.traced.layout.locals, self.traced.supports
+        )
 
     def log_evidence(
         self, num_particles: int = 1000, num_estimates: int = 20, seed: int = 0

@@ -1,51 +1,18 @@
-"""The aggregate posterior q(z) = (1/N) sum_n q(z | x_n) of each local site, and its picture
-against the prior: where the prior puts mass that no datum's factor covers (the "holes" of a
+"""The picture of the aggregate posterior q(z) = (1/N) sum_n q(z | x_n) of a local site
+(:meth:`avi.Fit.aggregate_posterior`) against the prior: where the prior puts mass that no datum's factor covers (the "holes" of a
 VAE's latent space), draws from the prior decode to nothing the data look like.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-import numpyro.distributions as dist
 from matplotlib.figure import Figure
-from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Predictive
 
 from avi.errors import AviError
 from avi.result import Fit
-
-
-def aggregate_posterior(fit: Fit, *args, **kwargs) -> dict[str, dist.Distribution]:
-    """Per local site, the mixture (1/N) sum_n q(z_n-site | lambda_n) over the data (the
-    training data, or new data given as the model's arguments), as a NumPyro distribution
-    (``sample``, ``log_prob``) over one datum's value of the site, in its constrained space.
-    For a family given the globals the factors are taken at q(theta)'s mean."""
-    lam = fit._factor_params(*args, **kwargs)
-    factor = fit.family.factor
-    result = {}
-    for site in fit.traced.layout.locals:
-        piece = slice(site.offset, site.offset + site.size)
-
-        def per_datum(a: jax.Array, shape=site.unconstrained_shape) -> jax.Array:
-            return a.reshape((a.shape[0], *shape))
-
-        component = factor.marginal(lam, piece, per_datum)
-        extra = len(component.batch_shape) - 1
-        if extra:
-            component = component.to_event(extra)
-        num_data = component.batch_shape[0]
-        mixture = dist.MixtureSameFamily(
-            dist.Categorical(probs=jnp.full(num_data, 1.0 / num_data)), component
-        )
-        support = fit.traced.supports[site.name]
-        transform = biject_to(support)
-        if support is not dist.constraints.real:
-            mixture = dist.TransformedDistribution(mixture, transform)
-        result[site.name] = mixture
-    return result
 
 
 def plot_aggregate_posterior(
@@ -55,7 +22,7 @@ def plot_aggregate_posterior(
     globals from their prior): a histogram of each for a scalar site, a scatter of the first
     two coordinates otherwise. A prior that cannot be sampled (an improper prior on a global)
     is left out and the title says so."""
-    aggregate = aggregate_posterior(fit)
+    aggregate = fit.aggregate_posterior()
     if site not in aggregate:
         names = ", ".join(aggregate) or "none"
         raise AviError(f"site={site!r} is not a local site of the model (its local sites: {names}).")
