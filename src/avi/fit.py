@@ -48,6 +48,7 @@ from avi.options import (
     check_seed,
     check_steps,
     check_tol,
+    non_negative_int,
     positive_int,
 )
 from avi.result import Fit
@@ -174,6 +175,7 @@ def fit(
     init: VariationalParams | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_interval: float = 60.0,
+    kl_warmup: int = 0,
     **kwargs: Any,
 ) -> Fit:
     """Fit ``model(*args, **kwargs)`` by maximising the ELBO over a variational family.
@@ -229,6 +231,13 @@ def fit(
             another model, family, data or options is refused with the reason. A larger
             ``max_steps``/``num_steps`` continues a fit that ended on its budget.
         checkpoint_interval: seconds between checkpoint writes.
+        kl_warmup: KL warm-up over this many steps (default 0, off): step t maximises
+            E_q[log p(x | theta, z)] + beta_t (E_q[log p(theta, z)] + H[q]) with beta_t =
+            min(1, (t + 1) / kl_warmup), the ELBO from then on; the stop rule and the
+            certificate wait for its end. For models whose decoder is flexible (a Bayesian
+            neural network over theta, a VAE), where the full KL term early on pulls every
+            local factor to its prior before the decoder can use it (posterior collapse;
+            Bowman et al. 2016, Sonderby et al. 2016). It changes the path, not the optimum.
         **kwargs: the model's keyword arguments.
 
     Ctrl-C during the fit returns the fit of the last whole chunk of steps, with
@@ -275,8 +284,9 @@ def fit(
             prepared = _unless_summarised(prepared, batch_size, report, plate)
     layout = prepared.traced.layout
     _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles)
+    kl_warmup = non_negative_int("kl_warmup", kl_warmup)
     algorithm = algorithm_for(
-        prepared, family, optimizer, learning_rate, num_particles, sticking_the_landing
+        prepared, family, optimizer, learning_rate, num_particles, sticking_the_landing, kl_warmup
     )
     init_key, run_key, check_key = fit_keys(seed)
     params = None if init is None else _checked_init(init, algorithm.initial_params(init_key))
@@ -287,7 +297,8 @@ def fit(
         checkpointer, state, resumed = _checkpointing(
             checkpoint, checkpoint_interval, state, prepared, model, family,
             (seed, num_particles, chunk_size, sticking_the_landing,
-             "default" if optimizer is None else "user optimizer", learning_rate, tol, anneal),
+             "default" if optimizer is None else "user optimizer", learning_rate, tol, anneal,
+             kl_warmup),
             int(num_steps) if num_steps is not None else int(max_steps),
         )
     mesh = data_mesh(devices, layout.num_data)

@@ -50,6 +50,17 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def non_negative_int(name: str, value: Any) -> int:
+    """``value`` as an int if it is an integer >= 0 (numpy integers included).
+
+    Raises:
+        AviError: it is not.
+    """
+    if not _is_int(value) or value < 0:
+        raise AviError(f"{name}={value!r}: give an integer >= 0.")
+    return int(value)
+
+
 def check_seed(seed: Any, name: str = "seed") -> int:
     """``seed`` as an int in [0, 2**32).
 

@@ -76,6 +76,37 @@ def constrained_trace(
     return handlers.trace(substituted).get_trace(*args, **kwargs), log_dets
 
 
+def log_joint_parts(
+    model: Model,
+    layout: ModelLayout,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    theta: jax.Array,
+    z: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`log_joint` split into (observed sites' terms, latent sites' terms with the
+    log|det J|), each scaled as there: the likelihood and the prior of the KL warm-up."""
+    batch_size = z.shape[0]
+    trace, log_dets = constrained_trace(model, layout, args, kwargs, theta, z)
+    declared_size = trace[layout.plate]["args"][0] if layout.plate in trace else batch_size
+    data_scale = layout.num_data / declared_size
+    likelihood, prior = jnp.zeros(()), jnp.zeros(())
+    for name, site in trace.items():
+        if site["type"] != "sample":
+            continue
+        scale = 1.0 if site["scale"] is None else site["scale"]
+        if layout.plate in plate_names(site):
+            scale = scale * data_scale
+        term = jnp.sum(site["fn"].log_prob(site["value"]))
+        if name in log_dets:
+            term = term + jnp.sum(log_dets[name])
+        if site["is_observed"]:
+            likelihood = likelihood + scale * term
+        else:
+            prior = prior + scale * term
+    return likelihood, prior
+
+
 def log_joint(
     model: Model,
     layout: ModelLayout,

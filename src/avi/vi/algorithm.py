@@ -47,11 +47,13 @@ class Settings:
         batch_size: data per step; None for the full batch.
         num_particles: Monte Carlo draws per step.
         sticking_the_landing: use the sticking-the-landing estimator (Roeder et al. 2017).
+        kl_warmup: steps of the KL warm-up (0: none; :mod:`avi.vi.elbo`).
     """
 
     batch_size: int | None
     num_particles: int
     sticking_the_landing: bool
+    kl_warmup: int = 0
 
 
 def step_keys(key: jax.Array, step: jax.Array | int) -> tuple[jax.Array, jax.Array]:
@@ -208,6 +210,11 @@ class Algorithm(eqx.Module):
         else:
             rows, row_state = _rows(tables, index, num_data), _rows(table_state, index, num_data)
 
+        warmup = self.settings.kl_warmup
+        kl_weight = (
+            jnp.minimum(1.0, (state.step + 1).astype(jnp.float32) / warmup) if warmup else None
+        )
+
         def loss(trainable_dense: VariationalParams, table_rows: dict[str, jax.Array]):
             params = merge_tables(eqx.combine(trainable_dense, static), table_rows)
             draws = elbo_draws(
@@ -218,6 +225,7 @@ class Algorithm(eqx.Module):
                 self.settings.num_particles,
                 self.settings.sticking_the_landing,
                 tables_gathered=index is not None and bool(table_rows),
+                kl_weight=kl_weight,
             )
             return -jnp.mean(draws)
 

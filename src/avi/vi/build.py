@@ -30,6 +30,7 @@ def algorithm_for(
     learning_rate: float | None,
     num_particles: int,
     sticking_the_landing: bool,
+    kl_warmup: int = 0,
 ) -> Algorithm:
     """The algorithm of prepared data under a family (shared by :func:`build` and :func:`avi.fit`).
 
@@ -62,7 +63,9 @@ def algorithm_for(
     return Algorithm(
         problem=problem_for(prepared, family),
         optimizer=optimizer if optimizer is not None else default_optimizer(),
-        settings=Settings(prepared.batch_size, int(num_particles), bool(sticking_the_landing)),
+        settings=Settings(
+            prepared.batch_size, int(num_particles), bool(sticking_the_landing), int(kl_warmup)
+        ),
         learning_rate=rate,
     )
 

@@ -11,6 +11,10 @@ sum_d log sigma_nd + D_l / 2 log(2 pi e)) and -log q(z_n) of the draw otherwise.
 of the N data, the local entropy and the in-plate log terms are scaled by N / |B|, which keeps
 the estimate unbiased (Hoffman et al. 2013, stochastic VI).
 
+With the KL warm-up (``avi.fit(..., kl_warmup=W)``; Bowman et al. 2016, Sonderby et al. 2016)
+the latent sites' log density and the entropies are weighted by beta_t = min(1, (t + 1) / W):
+E_q[log p(x | theta, z)] + beta_t (E_q[log p(theta, z)] + H[q]), the ELBO from step W on.
+
 A family given the globals (``Amortized(given_globals=True)``) draws z_n from
 q(z_n | theta_s, x_n) for each particle's theta_s, and its local entropy is that particle's
 conditional entropy: E_q(theta) H[q(z | theta)] + H[q(theta)] = H[q(theta, z)].
@@ -29,7 +33,7 @@ import numpyro.distributions as dist
 from avi.data.rows import slice_arguments
 from avi.families import Diagonal
 from avi.families.protocol import factors_given, given_globals
-from avi.model import log_joint
+from avi.model import log_joint, log_joint_parts
 from avi.vi.problem import Problem, VariationalParams
 
 GLOBAL_FACTOR = Diagonal()
@@ -81,6 +85,7 @@ def elbo_draws(
     num_particles: int,
     stop_gradient_entropy_params: bool = False,
     tables_gathered: bool = False,
+    kl_weight: jax.Array | None = None,
 ) -> jax.Array:
     """ELBO estimates, one per particle, on the batch ``index`` (None: all data).
 
@@ -95,6 +100,8 @@ def elbo_draws(
             whose gradient vanishes at an exact fit.
         tables_gathered: the family's per-datum tables in ``params`` already hold only the
             batch's rows (the lazy minibatch update of :mod:`avi.vi.algorithm`).
+        kl_weight: beta of the KL warm-up, E[log p(x | .)] + beta (E[log p(theta, z)] +
+            H[q]) (the ELBO at beta = 1); None: the ELBO, computed in one sum.
 
     Returns:
         (S,) unbiased estimates of the full-data ELBO.
@@ -115,10 +122,21 @@ def elbo_draws(
         args, kwargs = problem.args, problem.kwargs
     else:
         args, kwargs = slice_arguments(layout, problem.args, problem.kwargs, index)
-    log_p = jax.vmap(lambda t, zz: log_joint(problem.model, layout, args, kwargs, t, zz))(theta, z)
+    if kl_weight is None:
+        log_p = jax.vmap(lambda t, zz: log_joint(problem.model, layout, args, kwargs, t, zz))(
+            theta, z
+        )
+        likelihood, weight = 0.0, 1.0
+    else:
+        likelihood, log_p = jax.vmap(
+            lambda t, zz: log_joint_parts(problem.model, layout, args, kwargs, t, zz)
+        )(theta, z)
+        weight = kl_weight
     if not stop_gradient_entropy_params:
         local_entropy = _per_particle_entropy(q_local, z) if conditional else entropy(q_local, z)
-        return log_p + entropy(q_global, theta) + data_scale * local_entropy
+        return likelihood + weight * (
+            log_p + entropy(q_global, theta) + data_scale * local_entropy
+        )
     frozen_global = GLOBAL_FACTOR.distribution(
         _frozen({"loc": params.global_loc, "log_scale": params.global_log_scale})
     )
@@ -130,4 +148,6 @@ def elbo_draws(
         else _frozen(lam)
     )
     log_q_local = jnp.sum(factor.distribution(frozen_local).log_prob(z), axis=1)
-    return log_p - frozen_global.log_prob(theta) - data_scale * log_q_local
+    return likelihood + weight * (
+        log_p - frozen_global.log_prob(theta) - data_scale * log_q_local
+    )

@@ -358,7 +358,7 @@ def run(
                 times.append(time.perf_counter() - start - paused)
                 bar.update(taken)
                 bar.set_postfix(elbo=f"{mean_elbo:.4g}")
-                if rule is not None:
+                if rule is not None and done >= algorithm.settings.kl_warmup:
                     value = evaluate(check_key, state.params, check_problem, check_index)
                     state = state._replace(stop=rule.update(state.stop, value))
                     if state.average is not None:
