@@ -284,3 +284,21 @@ def test_warns_when_the_window_misses_the_saw_model_needs(saw_x):
         )
         avi.warn_if_not_amortizable(linear.model, (linear.simulate(40),), {}, None)
     assert report.verdict == "expanded-domain"
+
+
+def test_refining_new_data_holds_q_theta_and_certifies_the_new_factors():
+    """On new data only the new factors move: q(theta) stays the fit's exactly (no natural step
+    on it either), and the certificate judges the factors alone, so the stop rule can end on
+    a certificate instead of running to max_steps."""
+    x = linear.simulate(500, seed=0)
+    fit = avi.fit(linear.model, x, family=avi.Amortized(avi.Polynomial(1)), progress=False)
+    new = np.array([0.5, 1.5, -2.0, 3.0, 0.0], np.float32)
+    refined = avi.refine(fit, new)
+    np.testing.assert_array_equal(
+        np.asarray(refined.params.global_loc), np.asarray(fit.params.global_loc)
+    )
+    np.testing.assert_array_equal(
+        np.asarray(refined.params.global_log_scale), np.asarray(fit.params.global_log_scale)
+    )
+    assert refined.converged
+    assert {b.name for b in refined.certificate.blocks} == {"tables"}

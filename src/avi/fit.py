@@ -54,7 +54,7 @@ from avi.options import (
 from avi.result import Fit
 from avi.structure import StructureReport, check, minibatch_refusal
 from avi.vi import PlateauRule, fit_keys, run
-from avi.vi.algorithm import restrict
+from avi.vi.algorithm import default_optimizer, frozen_globals, restrict
 from avi.vi.build import algorithm_for
 from avi.vi.certify import Certificate, certify
 from avi.vi.problem import Problem, VariationalParams
@@ -176,6 +176,7 @@ def fit(
     checkpoint: str | Path | None = None,
     checkpoint_interval: float = 60.0,
     kl_warmup: int = 0,
+    hold_globals: bool = False,
     **kwargs: Any,
 ) -> Fit:
     """Fit ``model(*args, **kwargs)`` by maximising the ELBO over a variational family.
@@ -231,6 +232,8 @@ def fit(
             another model, family, data or options is refused with the reason. A larger
             ``max_steps``/``num_steps`` continues a fit that ended on its budget.
         checkpoint_interval: seconds between checkpoint writes.
+        hold_globals: hold q(theta) where it starts (``init``'s): only the local parameters
+            move, and the certificate judges them alone (``avi.refine`` on new data).
         kl_warmup: KL warm-up over this many steps (default 0, off): step t maximises
             E_q[log p(x | theta, z)] + beta_t (E_q[log p(theta, z)] + H[q]) with beta_t =
             min(1, (t + 1) / kl_warmup), the ELBO from then on; the stop rule and the
@@ -285,6 +288,16 @@ def fit(
     layout = prepared.traced.layout
     _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles)
     kl_warmup = non_negative_int("kl_warmup", kl_warmup)
+    hold_globals = check_bool("hold_globals", hold_globals)
+    if anneal is None:
+        anneal = optimizer is None
+    if hold_globals:
+        optimizer = frozen_globals(optimizer if optimizer is not None else default_optimizer())
+        if learning_rate is not None:
+            raise AviError(
+                "hold_globals=True with learning_rate: give the rate to an optimizer "
+                "(optimizer=optax.adam(rate))."
+            )
     algorithm = algorithm_for(
         prepared, family, optimizer, learning_rate, num_particles, sticking_the_landing, kl_warmup
     )
@@ -305,14 +318,13 @@ def fit(
     if mesh is not None:
         algorithm = shard_rows(algorithm, layout.num_data, mesh)
         state = shard_rows(state, layout.num_data, mesh)
-    if anneal is None:
-        anneal = optimizer is None
     rule = PlateauRule(tol, stages=3 if anneal else 1) if num_steps is None else None
     certifier = _certifier(
         algorithm.problem,
         bool(sticking_the_landing),
         jax.random.fold_in(check_key, 1),
         prepared.source,
+        hold_globals,
     )
     def as_fit(result: Run) -> Fit:
         return Fit(
@@ -450,7 +462,11 @@ STREAMED_CERTIFICATE_ROWS = 65_536
 
 
 def _certifier(
-    problem: Problem, sticking_the_landing: bool, key: jax.Array, source: BatchSource | None
+    problem: Problem,
+    sticking_the_landing: bool,
+    key: jax.Array,
+    source: BatchSource | None,
+    hold_globals: bool = False,
 ) -> Certifier:
     """The certificate of a fit's parameters: full data in memory, fresh subsets streamed."""
     subset = None
@@ -469,6 +485,7 @@ def _certifier(
             problem,
             sticking_the_landing=sticking_the_landing,
             restrict=subset,
+            hold_globals=hold_globals,
         )
 
     return certifier

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from functools import cache
 from typing import Any
 
-import jax
-import optax
 
 from avi.analysis.per_datum import on_data
 from avi.errors import AviError, FamilyError
 from avi.families import Factorized
 from avi.fit import fit as fit_model
 from avi.result import Fit
-from avi.vi import default_optimizer
-from avi.vi.problem import VariationalParams
 
 FIT_OPTIONS = frozenset(
     name
@@ -31,21 +26,6 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     fit_options = {k: v for k, v in options.items() if k in FIT_OPTIONS}
     model_kwargs = {k: v for k, v in options.items() if k not in FIT_OPTIONS}
     return fit_options, model_kwargs
-
-
-@cache
-def _frozen_globals(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``optimizer`` on the local factors, no update of q(theta) (cached: one compile)."""
-
-    def free(tree: Any) -> Any:
-        return jax.tree_util.tree_map(lambda _: "free", tree)
-
-    def labels(params: Any) -> Any:
-        if isinstance(params, VariationalParams):
-            return VariationalParams("frozen", "frozen", free(params.local))
-        return free(params)
-
-    return optax.multi_transform({"free": optimizer, "frozen": optax.set_to_zero()}, labels)
 
 
 def refine(fit: Fit, *args: Any, num_steps: int | None = None, **options: Any) -> Fit:
@@ -83,16 +63,11 @@ def refine(fit: Fit, *args: Any, num_steps: int | None = None, **options: Any) -
             f"{fit.family!r}, whose per-datum factors are free already (F-VI)."
         )
     fit_options, model_kwargs = split_options(options)
-    reserved = sorted({"family", "init", "plate"} & fit_options.keys())
+    reserved = sorted({"family", "init", "plate", "hold_globals"} & fit_options.keys())
     if reserved:
         raise AviError(f"refine sets {', '.join(reserved)} itself; do not pass them.")
     on = on_data(fit, args, model_kwargs)
     new_data = bool(args or model_kwargs)
-    if new_data:
-        own = fit_options.get("optimizer")
-        fit_options["optimizer"] = _frozen_globals(own if own is not None else default_optimizer())
-        if num_steps is None:  # anneal belongs to the stop rule, which num_steps turns off
-            fit_options.setdefault("anneal", own is None)
     return fit_model(
         fit.traced.model,
         *(args if new_data else fit.args),
@@ -100,6 +75,7 @@ def refine(fit: Fit, *args: Any, num_steps: int | None = None, **options: Any) -
         init=on.params,
         num_steps=num_steps,
         plate=fit.traced.layout.plate,
+        hold_globals=new_data,
         **fit_options,
         **(model_kwargs if new_data else fit.kwargs),
     )

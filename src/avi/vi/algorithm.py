@@ -39,6 +39,22 @@ def default_optimizer() -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam)(learning_rate=DEFAULT_LEARNING_RATE)
 
 
+@cache
+def frozen_globals(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``optimizer`` on the local parameters, no update of q(theta) (``hold_globals``; cached:
+    one compile per optimizer)."""
+
+    def free(tree: Any) -> Any:
+        return jax.tree_util.tree_map(lambda _: "free", tree)
+
+    def labels(params: Any) -> Any:
+        if isinstance(params, VariationalParams):
+            return VariationalParams("frozen", "frozen", free(params.local))
+        return free(params)
+
+    return optax.multi_transform({"free": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Static settings of a step.

@@ -374,6 +374,7 @@ def certify(
     max_draws: int = 512,
     cheap_work: float = 2**23,
     restrict: Callable[[jax.Array, Problem], Problem] | None = None,
+    hold_globals: bool = False,
 ) -> Certificate:
     """The per-block certificate of ``params`` (see the module docstring).
 
@@ -391,6 +392,8 @@ def certify(
             gradient noise dominates, and small problems afford the resolution.
         restrict: for streamed data, ``restrict(key, problem)`` gives a fresh random subset of
             the data for each group (None: every draw sees the full data).
+        hold_globals: q(theta) is held fixed (``avi.fit(..., hold_globals=True)``): it has no
+            block, since nothing is to be gained by moving what may not move.
     """
     layout = problem.layout
     free_keys = _free_keys(problem.family, params.local)
@@ -440,7 +443,7 @@ def certify(
             non_finite += int(group.non_finite.sum())
             moved = {k: v.sum(axis=0) for k, v in group.moved.items()}
             totals = moved if totals is None else {k: totals[k] + moved[k] for k in moved}
-            if layout.global_dim:
+            if layout.global_dim and not hold_globals:
                 vectors["globals"].extend(group.globals)
             if free:
                 vectors[table_name].extend(group.tables)
