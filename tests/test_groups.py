@@ -302,3 +302,16 @@ def test_group_level_covariates_reach_the_set_encoder():
     u_channel = np.asarray(features[..., 3])
     assert np.allclose(u_channel, u_channel[:, :1])  # constant within a group
     assert np.isfinite(fit.elbo().mean)
+
+
+def test_latents_per_observation_are_not_groups():
+    def house_effects(county, y=None):
+        with numpyro.plate("county", 12):
+            a = numpyro.sample("a", dist.Normal(0, 1))
+        with numpyro.plate("house", county.shape[0]):
+            e = numpyro.sample("e", dist.Normal(0, 0.3))
+            numpyro.sample("y", dist.Normal(a[county] + e, 1), obs=y)
+
+    assert find_groups(house_effects, (COUNTY,), {"y": RADON_Y}) is None
+    with pytest.raises(avi.ModelError, match="nested locals"):
+        find_groups(house_effects, (COUNTY,), {"y": RADON_Y}, groups="county")

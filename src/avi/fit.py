@@ -420,7 +420,7 @@ def _checkpointing(
         raise AviError(f"checkpoint={str(path)!r} is a folder; give a file path.")
     user_model = model.model if isinstance(model, GroupedModel) else model
     fingerprint = {
-        "model": f"{getattr(user_model, '__module__', '?')}:{getattr(user_model, '__qualname__', '?')}",
+        "model": getattr(user_model, "__qualname__", "?"),  # not the module: the CLI renames it
         "sites": json.dumps(describe_layout(prepared.traced), sort_keys=True, default=str),
         "family": repr(family),
         "data": digest(prepared.args, prepared.kwargs),

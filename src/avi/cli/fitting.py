@@ -129,7 +129,8 @@ def plot_history(result: Fit, path: Path) -> None:
 
 def _fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    check_out(out, args.force)
+    resuming = args.checkpoint is not None and Path(args.checkpoint).is_file()
+    check_out(out, args.force or resuming)  # a resumed fit replaces its own partial one
     family = parse_family(args.family, parse_window(args.window), option="--family")
     if args.window is not None and not isinstance(family, Amortized):
         raise AviError(

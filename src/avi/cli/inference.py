@@ -114,7 +114,7 @@ def add_infer_command(subparsers: argparse._SubParsersAction) -> None:
         help="posteriors of new data from a saved fit (one encoder pass)",
         description=(
             "Load the fit avi fit saved in DIR and write, for every datum of the new data and "
-            "every local latent, the posterior mean, sd and 5%%/50%%/95%% quantiles to --out "
+            "every local latent, the posterior mean, sd and 5%/50%/95% quantiles to --out "
             "(.csv: one row per datum; .npz: arrays SITE/mean, ...)."
         ),
         epilog="example: avi infer fitted --model my_model.py:model --data new.csv --out post.csv",

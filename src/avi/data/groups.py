@@ -398,7 +398,8 @@ def find_groups(
     Raises:
         DataError: non-finite data.
         ModelError: ``groups`` names no suitable argument; the observations reach groups of
-            two plates (crossed or nested groups); latents in the observation plate.
+            two plates (crossed or nested groups); with ``groups``, latents in the observation
+            plate (nested locals).
     """
     if groups is not None and not isinstance(groups, str):
         raise ModelError(
@@ -440,6 +441,15 @@ def find_groups(
                 if _verified(model, args, kwargs, trace, group_plate, obs_plate, index):
                     found.append((group_plate, obs_plate, at))
     if not found:
+        nested = [p for p in ordinary if any(p != g for g in latent if g not in observed)]
+        if groups is not None and nested:
+            raise ModelError(
+                f"groups='{groups}': the observation plate '{nested[0]}' holds latent site(s) "
+                f"{[n for n in latent[nested[0]]]} besides the observations: latents per "
+                "observation inside groups (nested locals) are not supported. Without groups= "
+                f"the model is fitted with '{nested[0]}' as its data plate and the group latents "
+                "as globals."
+            )
         if groups is not None:
             raise ModelError(
                 f"groups='{groups}': no model argument of that name is an integer array of "
@@ -459,12 +469,6 @@ def find_groups(
             "if the others are not groups, or treat the other plate's latents as globals."
         )
     group_plate, obs_plate, at = found[0]
-    in_obs = [n for n, s in trace.items() if is_latent(s) and obs_plate in plate_names(s)]
-    if in_obs:
-        raise ModelError(
-            f"Latent site(s) {in_obs} sit in the observation plate '{obs_plate}': latents per "
-            "observation inside groups (nested locals) are not supported."
-        )
     rows = sizes[obs_plate]
     row_args = tuple(i for i, a in enumerate(args) if _is_rows(a, rows))
     row_kwargs = tuple(k for k, a in kwargs.items() if _is_rows(a, rows))

@@ -272,7 +272,7 @@ def check_set_encoder_output(
     except Exception as error:  # the user's module can raise anything
         raise FamilyError(
             f"The set encoder failed on a group's rows of shape (S, {row_size}) and mask (S,): "
-            f"{error}. A grouped model's encoder is called as encoder(rows, mask) per group "
+            f"{str(error).rstrip('.')}. A grouped model's encoder is called as encoder(rows, mask) per group "
             "(see avi.families.encoders.SetEncoder)."
         ) from error
     _check_parts(out, start)
@@ -289,7 +289,8 @@ def check_encoder_output(encoder: eqx.Module, in_size: int, start: Mapping[str, 
         out = eqx.filter_eval_shape(encoder, jax.ShapeDtypeStruct((in_size,), jnp.float32))
     except Exception as error:  # the user's module can raise anything
         raise FamilyError(
-            f"The encoder failed on a feature vector of shape ({in_size},): {error}. Each datum's "
+            f"The encoder failed on a feature vector of shape ({in_size},): "
+            f"{str(error).rstrip('.')}. Each datum's "
             f"features (its observed values and per-datum arguments, flattened) have {in_size} entries."
         ) from error
     _check_parts(out, start)

@@ -482,9 +482,20 @@ def certify(
             draws < cheap_draws and undecided - {"encoder"}
         )
         if non_finite or not more:
+            # the gradient draws' STL values can stay finite where the ELBO itself is not (a
+            # collapsed scale, an overflowing log density): count its non-finite draws too
+            non_finite += int(np.sum(~np.isfinite(np.asarray(_elbo_check(key, params, problem)))))
             mean = {k: jnp.asarray(v / (draws // DRAWS_PER_GROUP)) for k, v in totals.items()}
             step = _natural_step(mean, params) if not non_finite else None
             return Certificate(tuple(evidence), draws, non_finite, step)
+
+
+ELBO_CHECK_DRAWS = 8
+"""Full-data ELBO draws (analytic entropies) every certificate checks for finiteness."""
+
+_elbo_check = eqx.filter_jit(
+    lambda key, params, problem: elbo_draws(key, params, problem, None, ELBO_CHECK_DRAWS)
+)
 
 
 TRUST_LOC = 2.0

@@ -140,6 +140,8 @@ def read_checkpoint(
                 )
             like = _like(fresh, bool(header["has_average"]))
             state = eqx.tree_deserialise_leaves(file, like)
+    except AviError:
+        raise
     except (OSError, ValueError, KeyError, EOFError) as error:
         raise AviError(
             f"checkpoint={str(path)!r} cannot be read ({type(error).__name__}: {error}); "
