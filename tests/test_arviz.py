@@ -73,8 +73,8 @@ def test_arviz_summaries_and_plots_without_warnings(schools):
 
 def test_loo_runs_on_the_pointwise_log_likelihood(schools):
     """PSIS-LOO with draws of q as if they were the posterior's: it runs; its Pareto k's judge
-    q as a proposal for each leave-one-out posterior (measured: all 8 above 0.7 for mean-field
-    eight schools, so ArviZ warns)."""
+    q as a proposal for each leave-one-out posterior (measured: 6 to 8 of the 8 above 0.7 for
+    mean-field eight schools, depending on the draws, so ArviZ warns)."""
     idata = schools.to_arviz(num_samples=500)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
