@@ -12,7 +12,7 @@ of the full-data log joint (stochastic VI, Hoffman et al. 2013).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -76,6 +76,32 @@ def constrained_trace(
     return handlers.trace(substituted).get_trace(*args, **kwargs), log_dets
 
 
+def _scaled_terms(
+    model: Model,
+    layout: ModelLayout,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    theta: jax.Array,
+    z: jax.Array,
+) -> Iterator[tuple[bool, jax.Array]]:
+    """(is observed, scaled log density with its log|det J|) of every sample site, in model
+    order: each in-plate term scaled by N / B, as :func:`log_joint` sums them."""
+    batch_size = z.shape[0]
+    trace, log_dets = constrained_trace(model, layout, args, kwargs, theta, z)
+    declared_size = trace[layout.plate]["args"][0] if layout.plate in trace else batch_size
+    data_scale = layout.num_data / declared_size
+    for name, site in trace.items():
+        if site["type"] != "sample":
+            continue
+        scale = 1.0 if site["scale"] is None else site["scale"]
+        if layout.plate in plate_names(site):
+            scale = scale * data_scale
+        term = jnp.sum(site["fn"].log_prob(site["value"]))
+        if name in log_dets:
+            term = term + jnp.sum(log_dets[name])
+        yield bool(site["is_observed"]), scale * term
+
+
 def log_joint_parts(
     model: Model,
     layout: ModelLayout,
@@ -86,24 +112,12 @@ def log_joint_parts(
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`log_joint` split into (observed sites' terms, latent sites' terms with the
     log|det J|), each scaled as there: the likelihood and the prior of the KL warm-up."""
-    batch_size = z.shape[0]
-    trace, log_dets = constrained_trace(model, layout, args, kwargs, theta, z)
-    declared_size = trace[layout.plate]["args"][0] if layout.plate in trace else batch_size
-    data_scale = layout.num_data / declared_size
     likelihood, prior = jnp.zeros(()), jnp.zeros(())
-    for name, site in trace.items():
-        if site["type"] != "sample":
-            continue
-        scale = 1.0 if site["scale"] is None else site["scale"]
-        if layout.plate in plate_names(site):
-            scale = scale * data_scale
-        term = jnp.sum(site["fn"].log_prob(site["value"]))
-        if name in log_dets:
-            term = term + jnp.sum(log_dets[name])
-        if site["is_observed"]:
-            likelihood = likelihood + scale * term
+    for observed, term in _scaled_terms(model, layout, args, kwargs, theta, z):
+        if observed:
+            likelihood = likelihood + term
         else:
-            prior = prior + scale * term
+            prior = prior + term
     return likelihood, prior
 
 
@@ -128,19 +142,7 @@ def log_joint(
     Returns:
         A scalar: global terms plus (N / B) times the sum of the batch's in-plate terms.
     """
-    batch_size = z.shape[0]
-    trace, log_dets = constrained_trace(model, layout, args, kwargs, theta, z)
-    declared_size = trace[layout.plate]["args"][0] if layout.plate in trace else batch_size
-    data_scale = layout.num_data / declared_size
     total = jnp.zeros(())
-    for name, site in trace.items():
-        if site["type"] != "sample":
-            continue
-        scale = 1.0 if site["scale"] is None else site["scale"]
-        if layout.plate in plate_names(site):
-            scale = scale * data_scale
-        term = jnp.sum(site["fn"].log_prob(site["value"]))
-        if name in log_dets:
-            term = term + jnp.sum(log_dets[name])
-        total = total + scale * term
+    for _, term in _scaled_terms(model, layout, args, kwargs, theta, z):
+        total = total + term
     return total
