@@ -16,7 +16,7 @@ from avi.model.layout import (
     unflatten_globals,
     unflatten_locals,
 )
-from avi.model.log_joint import constrained_trace, log_joint, log_joint_parts
+from avi.model.log_joint import constrained_trace, log_joint, log_joint_by_plate, log_joint_parts
 from avi.model.trace import is_latent, plate_axis, plate_names, run_trace, trace_model
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "is_latent",
     "is_per_datum",
     "log_joint",
+    "log_joint_by_plate",
     "log_joint_parts",
     "plate_axis",
     "plate_names",

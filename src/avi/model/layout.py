@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import constraints
 
+from avi.model.params import ParamLayout
+
 Model = Callable[..., Any]
 
 
@@ -53,6 +55,7 @@ class ModelLayout:
         observed: names of the observed sites inside the data plate.
         per_datum_args: positions of the positional arguments that are per-datum arrays.
         per_datum_kwargs: names of the keyword arguments that are per-datum arrays.
+        params: the learned parameter sites (``numpyro.param``, ``numpyro.contrib.module``).
     """
 
     plate: str
@@ -62,6 +65,7 @@ class ModelLayout:
     observed: tuple[str, ...]
     per_datum_args: tuple[int, ...]
     per_datum_kwargs: tuple[str, ...]
+    params: tuple[ParamLayout, ...] = ()
 
     @property
     def global_dim(self) -> int:
@@ -72,6 +76,11 @@ class ModelLayout:
     def local_dim(self) -> int:
         """D_l: the number of unconstrained local coordinates of one datum."""
         return sum(s.size for s in self.locals)
+
+    @property
+    def param_dim(self) -> int:
+        """The number of unconstrained learned model parameters."""
+        return sum(p.size for p in self.params)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
@@ -25,6 +26,7 @@ from numpyro.infer.initialization import init_to_uniform
 from avi.errors import ModelError
 from avi.model.arguments import is_per_datum, leading_lengths, validate_arguments
 from avi.model.layout import Model, ModelLayout, SiteLayout, TracedModel
+from avi.model.params import param_layouts
 
 
 def run_trace(model: Model, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,11 +79,14 @@ def is_latent(site: Mapping[str, Any]) -> bool:
 
 def _check_sites(trace: Mapping[str, Any]) -> None:
     for name, site in trace.items():
-        if site["type"] == "param":
+        if site["type"] == "mutable":
             raise ModelError(
-                f"Site '{name}' is a numpyro.param: avi fits Bayesian models, where every "
-                "unknown has a prior. Give it a prior with numpyro.sample, or pass it as an argument."
+                f"Site '{name}' is a numpyro mutable (a module's state, e.g. batch statistics): "
+                "its value changes as the model runs, which the ELBO's gradient does not see. "
+                "Build the module without state (no BatchNorm; LayerNorm has none)."
             )
+        if site["type"] == "param" and not jax.tree_util.tree_leaves(site["value"]):
+            raise ModelError(f"Parameter site '{name}' holds no arrays: nothing to learn.")
         if is_latent(site) and site["fn"].support.is_discrete:
             raise ModelError(
                 f"Latent site '{name}' is discrete ({type(site['fn']).__name__}): enumeration of "
@@ -226,7 +231,8 @@ def trace_model(
 
     Raises:
         DataError: non-finite data.
-        ModelError: no usable plate, a discrete latent, a numpyro.param, or a failing model.
+        ModelError: no usable plate, a discrete latent, a parameter inside the data plate, a
+            mutable site, or a failing model.
     """
     kwargs = dict(kwargs or {})
     validate_arguments(args, kwargs)
@@ -240,6 +246,14 @@ def trace_model(
             raise ModelError(
                 f"The data plate '{plate}' sets subsample_size={subsample_size}: avi draws the "
                 "minibatches itself. Remove subsample_size and pass avi.fit(..., batch_size=...)."
+            )
+    for site in trace.values():
+        if site["type"] == "param" and plate in plate_names(site):
+            raise ModelError(
+                f"Parameter site '{site['name']}' is declared inside the data plate '{plate}': "
+                "a point estimate per datum is not learned by an encoder nor scaled on "
+                "minibatches. Make it a local latent (numpyro.sample with a prior), or declare "
+                "the parameter outside the plate."
             )
     in_plate = [s for s in trace.values() if s["type"] == "sample" and plate in plate_names(s)]
     num_data = next(f.size for f in in_plate[0]["cond_indep_stack"] if f.name == plate)
@@ -256,6 +270,7 @@ def trace_model(
         observed=tuple(s["name"] for s in observed),
         per_datum_args=tuple(i for i, a in enumerate(args) if is_per_datum(a, num_data)),
         per_datum_kwargs=tuple(k for k, a in kwargs.items() if is_per_datum(a, num_data)),
+        params=param_layouts(trace),
     )
     observed_values = {
         s["name"]: np.moveaxis(np.asarray(s["value"]), plate_axis(s, plate), 0)

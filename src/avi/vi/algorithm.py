@@ -41,15 +41,18 @@ def default_optimizer() -> optax.GradientTransformation:
 
 @cache
 def frozen_globals(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``optimizer`` on the local parameters, no update of q(theta) (``hold_globals``; cached:
-    one compile per optimizer)."""
+    """``optimizer`` on the local parameters, no update of q(theta) nor of the model's learned
+    parameters (``hold_globals``; cached: one compile per optimizer)."""
 
     def free(tree: Any) -> Any:
         return jax.tree_util.tree_map(lambda _: "free", tree)
 
+    def frozen(tree: Any) -> Any:
+        return jax.tree_util.tree_map(lambda _: "frozen", tree)
+
     def labels(params: Any) -> Any:
         if isinstance(params, VariationalParams):
-            return VariationalParams("frozen", "frozen", free(params.local))
+            return VariationalParams("frozen", "frozen", free(params.local), frozen(params.model))
         return free(params)
 
     return optax.multi_transform({"free": optimizer, "frozen": optax.set_to_zero()}, labels)
@@ -90,7 +93,9 @@ def restrict(problem: Problem, rows: StreamedRows) -> Problem:
     kwargs = {k: rows.kwargs.get(k, a) for k, a in problem.kwargs.items()}
     count = rows.features.shape[0]
     local_data = LocalData(rows.features, jnp.full((count,), -1, jnp.int32))
-    return Problem(problem.model, problem.layout, problem.family, args, kwargs, local_data)
+    return Problem(
+        problem.model, problem.layout, problem.family, args, kwargs, local_data, problem.model_init
+    )
 
 
 def split_tables(
@@ -168,18 +173,21 @@ class Algorithm(eqx.Module):
     learning_rate: jax.Array | None = None
 
     def initial_params(self, key: jax.Array) -> VariationalParams:
-        """The family's initial locals and q(theta) at zero with scales from the curvature
-        there (:func:`avi.vi.initialize.initial_global_log_scale`), at most 0.1."""
+        """The family's initial locals, the model's learned parameters at its own initial
+        values, and q(theta) at zero with scales from the curvature there
+        (:func:`avi.vi.initialize.initial_global_log_scale`), at most 0.1."""
         layout = self.problem.layout
         local_key, probe_key = jax.random.split(key)
         family, data = self.problem.family, self.problem.local_data
         local = family.init(local_key, data, layout.local_dim, layout.global_dim)
         lam = family.local_params(local, data, None, theta=jnp.zeros(layout.global_dim))
         z = self.problem.family.factor.distribution(lam).mean
+        model = dict(self.problem.model_init)
         return VariationalParams(
             global_loc=jnp.zeros(layout.global_dim),
-            global_log_scale=initial_global_log_scale(probe_key, self.problem, z),
+            global_log_scale=initial_global_log_scale(probe_key, self.problem, z, model),
             local=local,
+            model=model,
         )
 
     def init(self, key: jax.Array, params: VariationalParams | None = None) -> State:

@@ -18,6 +18,9 @@ in nats, whatever the parameterisation:
   by column (one Jacobian-vector product per parameter, once per certificate) for encoders of
   up to :data:`DENSE_CURVATURE` parameters, else by conjugate gradients with
   Jacobian-vector products (never forming G).
+* The model's learned parameters (``numpyro.param``, modules; a point, not a distribution)
+  form one block whose metric is the model's empirical Fisher under q
+  (:mod:`avi.vi.certify_params`).
 
 g is only known through Monte Carlo estimates, and the plug-in 1/2 g_hat^T G^+ g_hat is biased
 upwards by the estimate's noise. The certificate therefore averages the gradient over groups of
@@ -44,6 +47,7 @@ from jax.flatten_util import ravel_pytree
 from avi.families.factor import fisher_product
 from avi.families.factor import natural_units as factor_units
 from avi.families.protocol import factors_given, given_globals
+from avi.vi.certify_params import empirical_fisher_solver, score_rows, scores
 from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws
 from avi.vi.problem import Problem, VariationalParams
 
@@ -69,6 +73,12 @@ class Tolerances:
     per_global: float = 2.5e-3
     locals_base: float = 0.05
     per_local: float = 1e-5
+    per_param: float = 2.5e-3
+
+    def params_(self, dim: int) -> float:
+        """A learned parameter as a global coordinate: 2.5e-3 nats is a point within 0.07 of
+        its standard error (F^-1/2)."""
+        return self.per_param * max(1, dim)
 
     def globals_(self, dim: int) -> float:
         return self.per_global * max(1, dim)
@@ -81,8 +91,9 @@ class BlockEvidence(NamedTuple):
     """The certificate of one parameter block.
 
     Attributes:
-        name: "globals", "tables" (per-datum factors), "encoder" (shared local parameters)
-            or "free" (per-datum factors of data the encoder cannot serve).
+        name: "globals", "tables" (per-datum factors), "encoder" (shared local parameters),
+            "free" (per-datum factors of data the encoder cannot serve) or "model" (the
+            model's learned parameters).
         size: number of scalar parameters.
         gain: unbiased estimate of the nats a natural-gradient step could still gain.
         stderr: its standard error.
@@ -194,6 +205,7 @@ class GroupEvidence(NamedTuple):
         tables: the free per-datum factors' gradients in natural units, flattened (empty
             without them).
         shared: the shared local parameters' gradient, flattened (empty without them).
+        model: the learned model parameters' gradient, flattened (empty without them).
         non_finite: draws left out as not finite.
     """
 
@@ -201,6 +213,7 @@ class GroupEvidence(NamedTuple):
     globals: jax.Array
     tables: jax.Array
     shared: jax.Array
+    model: jax.Array
     non_finite: jax.Array
 
 
@@ -226,7 +239,8 @@ def _round_evidence(
             tables = factor_units(problem.family.factor, free, grads).ravel()
         shared = _flat_shared(grad, shared_keys) if shared_keys else jnp.zeros(0)
         moved = {"global_loc": grad.global_loc, "global_log_scale": grad.global_log_scale}
-        return GroupEvidence(moved, units, tables, shared, bad)
+        model = ravel_pytree(grad.model)[0] if grad.model else jnp.zeros(0)
+        return GroupEvidence(moved, units, tables, shared, model, bad)
 
     return jax.lax.map(group, keys)
 
@@ -392,8 +406,9 @@ def certify(
             gradient noise dominates, and small problems afford the resolution.
         restrict: for streamed data, ``restrict(key, problem)`` gives a fresh random subset of
             the data for each group (None: every draw sees the full data).
-        hold_globals: q(theta) is held fixed (``avi.fit(..., hold_globals=True)``): it has no
-            block, since nothing is to be gained by moving what may not move.
+        hold_globals: q(theta) and the model's learned parameters are held fixed
+            (``avi.fit(..., hold_globals=True)``): they have no block, since nothing is to be
+            gained by moving what may not move.
     """
     layout = problem.layout
     free_keys = _free_keys(problem.family, params.local)
@@ -409,12 +424,18 @@ def certify(
         "globals": tolerances.globals_(layout.global_dim),
         table_name: tolerances.locals_(layout.num_data, layout.local_dim),
         "encoder": tolerances.locals_(layout.num_data, layout.local_dim),
+        "model": tolerances.params_(layout.param_dim),
     }
     cheap_draws = int(
         min(8 * max_draws, max(max_draws, cheap_work / (layout.num_data * max(1, layout.local_dim))))
     )
-    vectors: dict[str, list[np.ndarray]] = {"globals": [], table_name: [], "encoder": []}
+    vectors: dict[str, list[np.ndarray]] = {
+        "globals": [], table_name: [], "encoder": [], "model": []
+    }
     solved: list[np.ndarray] = []
+    learned = bool(params.model) and not hold_globals
+    model_solve: Callable[[np.ndarray], np.ndarray] | None = None
+    model_solved: list[np.ndarray] = []
     dense = bool(shared_keys) and _flat_shared(params, shared_keys).size <= DENSE_CURVATURE
     curvature: np.ndarray | None = None
     pending: list[jax.Array] = []
@@ -449,6 +470,8 @@ def certify(
                 vectors[table_name].extend(group.tables)
             if solving:
                 pending.extend(group.shared)
+            if learned:
+                vectors["model"].extend(group.model)
         draws += groups_per_round * DRAWS_PER_GROUP
         while len(pending) >= GROUPS_PER_SOLVE:
             vectors["encoder"].append(np.mean(pending[:GROUPS_PER_SOLVE], axis=0))
@@ -465,12 +488,27 @@ def certify(
                 solved.extend(
                     np.asarray(gauss_newton_solve(params, problem, shared_keys, jnp.asarray(new)))
                 )
+        if learned:
+            if model_solve is None:
+                shape = score_rows(layout.num_data, layout.param_dim)
+                score_key, subset_key = jax.random.split(jax.random.fold_in(key, 7))
+                on = problem if restrict is None else restrict(subset_key, problem)
+                model_solve = empirical_fisher_solver(
+                    np.asarray(scores(score_key, params, on, *shape), np.float64)
+                )
+            new = np.stack(vectors["model"][len(model_solved) :]).astype(np.float64)
+            model_solved.extend(model_solve(new))
         evidence = []
         for name, rows in vectors.items():
             if not rows:
                 continue
             left = np.stack(rows).astype(np.float64)
-            right = np.asarray(solved, np.float64) if name == "encoder" else left
+            if name == "encoder":
+                right = np.asarray(solved, np.float64)
+            elif name == "model":
+                right = np.asarray(model_solved, np.float64)
+            else:
+                right = left
             gain, stderr = u_statistic(left, right)
             evidence.append(_block(name, left.shape[1], gain, stderr, tolerance[name]))
         undecided = {

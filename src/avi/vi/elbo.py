@@ -15,6 +15,10 @@ With the KL warm-up (``avi.fit(..., kl_warmup=W)``; Bowman et al. 2016, Sonderby
 the latent sites' log density and the entropies are weighted by beta_t = min(1, (t + 1) / W):
 E_q[log p(x | theta, z)] + beta_t (E_q[log p(theta, z)] + H[q]), the ELBO from step W on.
 
+The model's learned parameters phi (``params.model``) enter only through log p(x, theta, z;
+phi): the same estimate, differentiated in phi, is the unbiased gradient of the ELBO in phi
+(minibatches included, the in-plate terms being scaled by N / |B|).
+
 A family given the globals (``Amortized(given_globals=True)``) draws z_n from
 q(z_n | theta_s, x_n) for each particle's theta_s, and its local entropy is that particle's
 conditional entropy: E_q(theta) H[q(z | theta)] + H[q(theta)] = H[q(theta, z)].
@@ -123,13 +127,15 @@ def elbo_draws(
     else:
         args, kwargs = slice_arguments(layout, problem.args, problem.kwargs, index)
     if kl_weight is None:
-        log_p = jax.vmap(lambda t, zz: log_joint(problem.model, layout, args, kwargs, t, zz))(
-            theta, z
-        )
+        log_p = jax.vmap(
+            lambda t, zz: log_joint(problem.model, layout, args, kwargs, t, zz, params.model)
+        )(theta, z)
         likelihood, weight = 0.0, 1.0
     else:
         likelihood, log_p = jax.vmap(
-            lambda t, zz: log_joint_parts(problem.model, layout, args, kwargs, t, zz)
+            lambda t, zz: log_joint_parts(
+                problem.model, layout, args, kwargs, t, zz, params.model
+            )
         )(theta, z)
         weight = kl_weight
     if not stop_gradient_entropy_params:

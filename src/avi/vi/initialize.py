@@ -15,6 +15,9 @@ Hutchinson estimate with 16 Rademacher probes beyond.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -35,12 +38,15 @@ PROBES = 16
 """Rademacher probes of the Hutchinson estimate beyond EXACT_LIMIT globals."""
 
 
-def _curvature(key: jax.Array, problem: Problem, z: jax.Array) -> jax.Array:
-    """-diag of the Hessian of the log joint in theta at theta = 0, shape (D_g,)."""
+def _curvature(
+    key: jax.Array, problem: Problem, z: jax.Array, params: Mapping[str, Any]
+) -> jax.Array:
+    """-diag of the Hessian of the log joint in theta at theta = 0, shape (D_g,), at the
+    model's learned parameters ``params``."""
     layout = problem.layout
 
     def log_p(theta: jax.Array) -> jax.Array:
-        return log_joint(problem.model, layout, problem.args, problem.kwargs, theta, z)
+        return log_joint(problem.model, layout, problem.args, problem.kwargs, theta, z, params)
 
     theta = jnp.zeros(layout.global_dim)
 
@@ -57,17 +63,20 @@ def _curvature(key: jax.Array, problem: Problem, z: jax.Array) -> jax.Array:
 curvature = eqx.filter_jit(_curvature)
 
 
-def initial_global_log_scale(key: jax.Array, problem: Problem, z: jax.Array) -> jax.Array:
+def initial_global_log_scale(
+    key: jax.Array, problem: Problem, z: jax.Array, params: Mapping[str, Any] | None = None
+) -> jax.Array:
     """log s_d of the module docstring, shape (D_g,).
 
     Args:
         key: PRNG key of the Hutchinson probes (used beyond EXACT_LIMIT globals).
         problem: the model and data.
         z: (N, D_l) unconstrained locals at which to take the curvature.
+        params: the model's learned parameters (unconstrained leaves per site), if any.
     """
     if problem.layout.global_dim == 0:
         return jnp.zeros(0)
-    h = curvature(key, problem, z)
+    h = curvature(key, problem, z, {} if params is None else dict(params))
     usable = jnp.isfinite(h) & (h > 1.0 / MAX_SCALE**2)
     scale = jnp.where(usable, 1.0 / jnp.sqrt(jnp.where(usable, h, 1.0)), MAX_SCALE)
     return jnp.log(jnp.clip(scale, MIN_SCALE, MAX_SCALE)).astype(jnp.float32)

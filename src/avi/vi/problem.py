@@ -11,15 +11,20 @@ import jax
 from avi.data.prepare import Prepared
 from avi.families import Family
 from avi.model import ModelLayout
+from avi.model.params import initial_model_params
 
 
 class VariationalParams(NamedTuple):
-    """All variational parameters: q(theta) = N(global_loc, diag(exp(global_log_scale)^2))
-    and the family's local parameters."""
+    """All parameters a fit optimises: q(theta) = N(global_loc, diag(exp(global_log_scale)^2)),
+    the family's local parameters, and the model's learned parameters (``numpyro.param`` and
+    ``numpyro.contrib.module`` sites; :mod:`avi.model.params`) as unconstrained leaves per
+    site, empty when the model has none. They are not variational parameters but are learned
+    with them, by maximising the same ELBO."""
 
     global_loc: jax.Array
     global_log_scale: jax.Array
     local: Any
+    model: dict[str, tuple[jax.Array, ...]] = {}  # noqa: RUF012 (never mutated: replaced)
 
 
 class Problem(eqx.Module):
@@ -35,10 +40,16 @@ class Problem(eqx.Module):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     local_data: Any
+    model_init: dict[str, tuple[jax.Array, ...]] = eqx.field(default_factory=dict)
+    """The learned parameters' starting values (unconstrained leaves per site): the model's own
+    initial values, as NumPyro's SVI starts from them."""
 
 
 def problem_for(prepared: Prepared, family: Family) -> Problem:
     """The problem of prepared data under a family (its per-datum inputs from the features)."""
     traced = prepared.traced
     local_data = family.prepare(prepared.features)
-    return Problem(traced.model, traced.layout, family, prepared.args, prepared.kwargs, local_data)
+    model_init = initial_model_params(traced.layout.params, traced.trace)
+    return Problem(
+        traced.model, traced.layout, family, prepared.args, prepared.kwargs, local_data, model_init
+    )
