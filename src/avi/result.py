@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from numpyro import handlers
 from scipy.special import logsumexp
 from numpyro.distributions.transforms import biject_to
 
@@ -27,7 +28,8 @@ from avi.errors import AviError, FamilyError
 from avi.families import Family, count_parameters
 from avi.families.aggregate import aggregate_factors
 from avi.families.protocol import given_globals
-from avi.model import SiteLayout, TracedModel, trace_model
+from avi.model import ModelLayout, SiteLayout, TracedModel, trace_model
+from avi.model.params import constrain_params, unflatten_params
 from avi.model.describe import describe_layout, site_differences
 from avi.model.predictive import derived, deterministic, site_dims
 from avi.options import check_bool, check_seed, positive_int
@@ -146,6 +148,41 @@ class Fit:
         return self.state.params
 
     @property
+    def model_params(self) -> dict[str, Any]:
+        """The model's learned parameters (``numpyro.param`` sites, modules registered with
+        ``numpyro.contrib.module``) at the fit's values, in their constrained space, by site
+        name: an array for a ``numpyro.param``, the parameter pytree for a module (for
+        ``eqx_module("decoder", net)``, ``model_params["decoder$params"]``: combine it with
+        ``eqx.filter(net, eqx.is_array, inverse=True)``). A fit loaded with :func:`avi.load`
+        has not run the model, so it gives a module's leaves as {key path: array}. Empty when
+        the model has none."""
+        layouts = self.traced.layout.params
+        constrained = constrain_params(layouts, self.params.model)
+        return {
+            p.name: (
+                dict(zip(p.paths, constrained[p.name], strict=True))
+                if p.treedef is None
+                else jax.tree_util.tree_unflatten(p.treedef, constrained[p.name])
+            )
+            for p in layouts
+        }
+
+    @property
+    def learned_model(self) -> Any:
+        """The model with its learned parameters substituted (``numpyro.handlers.substitute``):
+        a NumPyro model to run, sample (``numpyro.infer.Predictive``) or trace as fitted; the
+        model itself when it has none."""
+        return self._with_params(self.traced.layout)
+
+    def _with_params(self, layout: ModelLayout) -> Any:
+        """The model with the fitted parameters substituted, their tree structures from
+        ``layout`` (a trace of the model on the data at hand)."""
+        if not layout.params:
+            return self.traced.model
+        values = unflatten_params(layout.params, self.params.model)
+        return handlers.substitute(self.traced.model, data=values)
+
+    @property
     def num_steps(self) -> int:
         """Optimisation steps taken."""
         return int(self.state.step)
@@ -157,7 +194,8 @@ class Fit:
 
     @property
     def num_parameters(self) -> int:
-        """Number of scalar variational parameters (globals and locals)."""
+        """Number of scalar parameters optimised: q(theta)'s, the local family's and the
+        model's learned parameters."""
         return count_parameters(self.params)
 
     def local_factors(self, *args: Any, **kwargs: Any) -> tuple[jax.Array, ...]:
@@ -319,23 +357,24 @@ class Fit:
         data = self._model_data(args, kwargs)
         if data is None:
             return draws
-        model_args, model_kwargs, trace = data
-        return {**draws, **deterministic(self.traced.model, draws, model_args, model_kwargs, trace)}
+        model_args, model_kwargs, trace, model = data
+        return {**draws, **deterministic(model, draws, model_args, model_kwargs, trace)}
 
     def _model_data(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any], Any] | None:
-        """(arguments, keyword arguments, trace) of the model on new data, or on the training
-        data when they are in memory; None otherwise."""
+    ) -> tuple[tuple[Any, ...], dict[str, Any], Any, Any] | None:
+        """(arguments, keyword arguments, trace, the model with the learned parameters) on new
+        data, or on the training data when they are in memory; None otherwise."""
         plate = self.traced.layout.plate
         if args or kwargs:
             model_args, model_kwargs = model_arguments(
                 self.traced.model, *convert_arguments(args, kwargs)
             )
-            trace = trace_model(self.traced.model, model_args, model_kwargs, plate=plate).trace
-            return model_args, model_kwargs, trace
+            traced = trace_model(self.traced.model, model_args, model_kwargs, plate=plate)
+            _check_same_sites(self.traced, traced)
+            return model_args, model_kwargs, traced.trace, self._with_params(traced.layout)
         if self.problem is not None and not self.streamed:
-            return self.args, self.kwargs, self.traced.trace
+            return self.args, self.kwargs, self.traced.trace, self.learned_model
         return None
 
     def _joint_sample(
@@ -480,7 +519,7 @@ class Fit:
         draws = self.sample(total, *args, seed=seed, **kwargs)
         plate = self.traced.layout.plate
         data = self._model_data(args, kwargs)
-        model_args, model_kwargs, trace = data if data is not None else (None, None, None)
+        model_args, model_kwargs, trace, model = data if data is not None else (None,) * 4
 
         def chained(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return {k: np.reshape(v, (chains, num_samples, *np.shape(v)[1:])) for k, v in values.items()}
@@ -489,7 +528,7 @@ class Fit:
         groups: dict[str, dict[str, np.ndarray]] = {"posterior": dict(draws)}
         if trace is not None:
             extra = derived(
-                jax.random.PRNGKey(check_seed(seed) + 1), self.traced.model, draws,
+                jax.random.PRNGKey(check_seed(seed) + 1), model, draws,
                 model_args, model_kwargs, trace, plate,
             )
             computed = [n for n in draws if trace[n]["type"] == "deterministic"]

@@ -33,7 +33,7 @@ def plot_aggregate_posterior(
         try:
             layout = fit.traced.layout
             repeats = max(1, -(-num_samples // layout.num_data))
-            draws = Predictive(fit.traced.model, num_samples=repeats, return_sites=[site])(
+            draws = Predictive(fit.learned_model, num_samples=repeats, return_sites=[site])(
                 key_p, *fit.args, **fit.kwargs
             )[site]
             axis = 1 + next(s for s in layout.locals if s.name == site).plate_axis

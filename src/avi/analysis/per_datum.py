@@ -35,6 +35,7 @@ from avi.data.groups import model_arguments
 from avi.errors import AviError
 from avi.families import Factorized
 from avi.model import ModelLayout, constrained_trace, trace_model
+from avi.model.params import initial_model_params
 from avi.result import Fit
 from avi.vi.elbo import entropy, global_distribution
 from avi.vi.problem import Problem, VariationalParams
@@ -66,6 +67,7 @@ def _factorized_problem(
     layout: ModelLayout,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
+    model_init: dict[str, tuple[jax.Array, ...]],
 ) -> Problem:
     return Problem(
         model=model,
@@ -74,6 +76,7 @@ def _factorized_problem(
         args=tuple(_device(a) for a in args),
         kwargs={k: _device(v) for k, v in kwargs.items()},
         local_data=family.prepare(np.zeros((layout.num_data, 0), np.float32)),
+        model_init=model_init,
     )
 
 
@@ -91,11 +94,19 @@ def on_data(fit: Fit, args: Sequence[Any], kwargs: Mapping[str, Any]) -> OnData:
         args, kwargs = convert_arguments(args, kwargs)
         args, kwargs = model_arguments(fit.traced.model, args, kwargs)
         traced = trace_model(fit.traced.model, args, kwargs, plate=fit.traced.layout.plate)
-        problem = _factorized_problem(family, traced.model, traced.layout, args, kwargs)
+        problem = _factorized_problem(
+            family, traced.model, traced.layout, args, kwargs,
+            initial_model_params(traced.layout.params, traced.trace),
+        )
     else:
         base = fit.problem
-        problem = _factorized_problem(family, base.model, base.layout, base.args, base.kwargs)
-    params = VariationalParams(fit.params.global_loc, fit.params.global_log_scale, factors)
+        problem = _factorized_problem(
+            family, base.model, base.layout, base.args, base.kwargs, base.model_init
+        )
+    # the learned model parameters are the fit's (held fixed on new data by avi.refine)
+    params = VariationalParams(
+        fit.params.global_loc, fit.params.global_log_scale, factors, dict(fit.params.model)
+    )
     return OnData(problem, params)
 
 
@@ -131,6 +142,7 @@ def per_datum_log_joint(
     kwargs: Mapping[str, Any],
     theta: jax.Array,
     z: jax.Array,
+    params: Mapping[str, tuple[jax.Array, ...]] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """log p(x, T(theta), T(z)) + log|det J| split into a global term and one term per datum.
 
@@ -146,11 +158,12 @@ def per_datum_log_joint(
         kwargs: its keyword arguments.
         theta: flat unconstrained globals, (D_g,).
         z: flat unconstrained locals, (N, D_l).
+        params: the model's learned parameters (unconstrained leaves per site), if any.
 
     Returns:
         (scalar global term, (N,) per-datum terms).
     """
-    trace, log_dets = constrained_trace(model, layout, args, kwargs, theta, z)
+    trace, log_dets = constrained_trace(model, layout, args, kwargs, theta, z, params)
     global_term = jnp.zeros(())
     per_datum = jnp.zeros(layout.num_data)
     for name, site in trace.items():
@@ -185,7 +198,7 @@ def _decomposed_draws(
     z = q_local.rsample(local_key, (num,))
     global_part, per_datum = jax.vmap(
         lambda t, zz: per_datum_log_joint(
-            problem.model, layout, problem.args, problem.kwargs, t, zz
+            problem.model, layout, problem.args, problem.kwargs, t, zz, params.model
         )
     )(theta, z)
     try:

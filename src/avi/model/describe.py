@@ -2,7 +2,8 @@
 
 A saved fit (:mod:`avi.saving`) carries this description instead of the model's code: every
 latent site with its role (global or local), shapes, event and plate axes and support, the data
-plate, the observed sites and which arguments are per-datum. Loading rebuilds the layout and the
+plate, the observed sites, which arguments are per-datum, and the learned parameter sites
+(constraint, and each leaf's key path and shape). Loading rebuilds the layout and the
 supports from it (:func:`restore_traced`), and new data are refused when the model traced on them
 has other sites (:func:`site_differences`), with the site and the difference named.
 
@@ -18,11 +19,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 from numpyro.distributions import constraints
 
 from avi.errors import AviError
 from avi.model.layout import Model, ModelLayout, SiteLayout, TracedModel
+from avi.model.params import ParamLayout
 
 __all__ = [
     "describe_layout",
@@ -115,7 +118,30 @@ def describe_layout(traced: TracedModel) -> dict[str, Any]:
         "observed": list(layout.observed),
         "per_datum_args": list(layout.per_datum_args),
         "per_datum_kwargs": list(layout.per_datum_kwargs),
+        "params": [_describe_param(p) for p in layout.params],
     }
+
+
+def _describe_param(param: ParamLayout) -> dict[str, Any]:
+    return {
+        "name": param.name,
+        "constraint": describe_support(param.constraint),
+        "shapes": [list(shape) for shape in param.shapes],
+        "paths": list(param.paths),
+    }
+
+
+def _restore_param(description: Mapping[str, Any]) -> ParamLayout:
+    """A parameter site's layout; its tree structure is known without the model only for a
+    plain array (a module's comes from the model's trace on the first data)."""
+    paths = tuple(description["paths"])
+    return ParamLayout(
+        name=description["name"],
+        constraint=restore_support(description["constraint"]),
+        shapes=tuple(tuple(shape) for shape in description["shapes"]),
+        paths=paths,
+        treedef=jax.tree_util.tree_structure(0) if paths == ("",) else None,
+    )
 
 
 def _site_layout(description: Mapping[str, Any]) -> SiteLayout:
@@ -142,6 +168,7 @@ def restore_traced(description: Mapping[str, Any], model: Model) -> TracedModel:
             observed=tuple(description["observed"]),
             per_datum_args=tuple(description["per_datum_args"]),
             per_datum_kwargs=tuple(description["per_datum_kwargs"]),
+            params=tuple(_restore_param(p) for p in description.get("params", [])),
         )
         sites = [*description["globals"], *description["locals"]]
         supports = {s["name"]: restore_support(s["support"]) for s in sites}
@@ -185,10 +212,29 @@ def site_differences(expected: Mapping[str, Any], traced: TracedModel) -> list[s
             differences.append(f"{role} latent site '{name}' is new")
     if not differences and list(new_sites) != list(old_sites):
         differences.append(f"the latent sites come in another order ({', '.join(new_sites)})")
+    differences.extend(_param_differences(expected.get("params", []), new["params"]))
     if new["observed"] != expected["observed"]:
         differences.append(
             f"the observed sites are {new['observed']}, they were {expected['observed']}"
         )
+    return differences
+
+
+def _param_differences(
+    expected: list[Mapping[str, Any]], new: list[Mapping[str, Any]]
+) -> list[str]:
+    """How the learned parameter sites differ (names, constraints, leaves and their shapes)."""
+    old_sites = {p["name"]: p for p in expected}
+    new_sites = {p["name"]: p for p in new}
+    differences = [f"parameter site '{n}' is missing" for n in old_sites if n not in new_sites]
+    differences += [f"parameter site '{n}' is new" for n in new_sites if n not in old_sites]
+    for name in old_sites.keys() & new_sites.keys():
+        for key in ("constraint", "paths", "shapes"):
+            if new_sites[name][key] != old_sites[name][key]:
+                differences.append(
+                    f"parameter site '{name}' has {key} {_text(new_sites[name][key])}, it was "
+                    f"{_text(old_sites[name][key])}"
+                )
     return differences
 
 

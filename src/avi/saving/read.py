@@ -12,10 +12,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.distributions.transforms import biject_to
 
 from avi.data.prepare import FeatureScaling
 from avi.errors import AviError, FamilyError
 from avi.families import Family, LocalData, as_family
+from avi.model import ModelLayout
 from avi.model.describe import restore_traced
 from avi.result import Fit
 from avi.saving.files import read_arrays, read_description
@@ -29,11 +31,12 @@ __all__ = ["load"]
 
 
 def _skeleton(
-    family: Family, inputs: Mapping[str, int], global_dim: int, local_dim: int, grouped: bool
+    family: Family, inputs: Mapping[str, int], layout: ModelLayout, grouped: bool
 ) -> Any:
     """The saved tree's structure: the family's own starting parameters, built on placeholder
     inputs of the training shapes (no data: zero-stride features; one row per group for a
-    grouped model's set encoder)."""
+    grouped model's set encoder), and the learned model parameters' leaves by their shapes."""
+    global_dim, local_dim = layout.global_dim, layout.local_dim
     rows, free = int(inputs["local_rows"]), int(inputs["free_rows"])
     row = (1,) if grouped else ()
     placeholder = np.zeros((1, *row, int(inputs["features"])), np.float32)
@@ -43,8 +46,15 @@ def _skeleton(
     local = family.init(jax.random.PRNGKey(0), LocalData(features, slots), local_dim, global_dim)
     zeros = jnp.zeros(global_dim)
     features_like = np.zeros(int(inputs["features"]), np.float32)
+    model = {
+        p.name: tuple(
+            jnp.zeros(biject_to(p.constraint).inverse_shape(shape), jnp.float32)
+            for shape in p.shapes
+        )
+        for p in layout.params
+    }
     return {
-        "params": VariationalParams(zeros, zeros, local),
+        "params": VariationalParams(zeros, zeros, local, model),
         "scaling": {"mean": features_like, "std": features_like},
     }
 
@@ -107,9 +117,7 @@ def load(path: str | Path, model: Callable[..., Any], encoder: eqx.Module | None
         spec = GroupSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in groups.items()})
         traced = dataclasses.replace(traced, model=GroupedModel(model, spec))
     layout = traced.layout
-    like = _skeleton(
-        family, document["inputs"], layout.global_dim, layout.local_dim, groups is not None
-    )
+    like = _skeleton(family, document["inputs"], layout, groups is not None)
     tree = read_arrays(path, like, document["arrays"]["leaves"])
     training = document["training"]
     params = tree["params"]
