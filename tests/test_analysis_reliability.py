@@ -64,6 +64,18 @@ def test_held_out_data_are_quiet_and_shifted_data_are_flagged(saturating: avi.Fi
     assert "5 of 500 data are served poorly" in str(mixed) and "avi.refine" in str(mixed)
 
 
+def test_a_flow_factor_is_flagged_like_a_gaussian_one(x: np.ndarray):
+    """The flow's Fisher is a Monte Carlo estimate (avi.Flow): the same flag, the same
+    verdicts on held-out and far data."""
+    family = avi.Amortized(avi.MLP(8, activation="tanh"), factor=avi.Flow(knots=4))
+    fit = avi.fit(linear.model, x, family=family, num_steps=1500, seed=0, progress=False)
+    held_out = avi.reliability(fit, linear.simulate(300, seed=3))
+    assert held_out.flagged.sum() == 0, str(held_out)
+    new = np.concatenate([linear.simulate(295, seed=4), [40.0, -40.0, 60.0, 25.0, -30.0]])
+    mixed = avi.reliability(fit, new)
+    np.testing.assert_array_equal(np.flatnonzero(mixed.flagged), np.arange(295, 300))
+
+
 def test_an_encoder_that_extrapolates_is_not_flagged_outside_the_range(x: np.ndarray):
     """Degree 1 holds the ideal inference function (Prop. 3.6): it serves any x_n."""
     family = avi.Amortized(avi.Polynomial(1))

@@ -118,7 +118,7 @@ def test_a_flow_starts_as_a_gaussian_and_inverts_its_draws():
 
 
 @pytest.mark.slow
-def test_a_flow_fit_is_never_certified_and_serves_its_posterior():
+def test_a_short_flow_fit_is_not_certified_and_serves_its_posterior():
     x = simulate(30, seed=1)
     fit = avi.fit(
         model,
@@ -129,12 +129,12 @@ def test_a_flow_fit_is_never_certified_and_serves_its_posterior():
         progress=False,
     )
     assert not fit.converged and not fit.certificate.certified
+    assert all(np.isfinite(b.gain) for b in fit.certificate.blocks), fit.certificate
     posterior = fit.posterior()["z"]
     assert posterior.batch_shape == (30,) and posterior.event_shape == ()
     assert fit.sample(3)["z"].shape == (3, 30)
     assert np.isfinite(fit.elbo(num_particles=10).mean)
-    with pytest.raises(avi.FamilyError, match="Fisher metric"):
-        avi.reliability(fit, simulate(5, seed=2))
+    assert np.all(np.isfinite(avi.reliability(fit, simulate(5, seed=2)).gain))
 
 
 def test_flow_parameters_are_checked():
@@ -162,3 +162,39 @@ def test_a_flow_closes_more_than_half_of_the_diagonal_gap():
     assert diagonal_gap > 20
     assert flow_gap <= 0.5 * diagonal_gap + 3 * estimate.stderr, (flow_gap, diagonal_gap)
     assert flow_gap >= -3 * estimate.stderr  # an ELBO: never above log p(x)
+
+
+def test_the_flow_fisher_is_the_gaussian_one_at_the_identity_spline():
+    """At the identity spline log q is FullRank's Gaussian, so the (loc, tril) block of the
+    flow's Monte Carlo Fisher estimates FullRank's exact one: quadratic forms t^T F t agree
+    within the estimate's error (relative sd about sqrt(2 / draws) = 6% at 488 draws; 5
+    data, fixed key) and the natural units give 1/2 g^T F^-1 g consistently with the
+    product (u.u = g^T F^-1 g, F^-1 g recovered by the product)."""
+    flow, rows = avi.Flow(), 5
+    start = flow.init(2)
+    lam = {k: jnp.broadcast_to(v, (rows, *v.shape)) for k, v in start.items()}
+    lam["loc"] = jax.random.normal(jax.random.PRNGKey(0), (rows, 2))
+    lam["tril"] = lam["tril"] + 0.3 * jax.random.normal(jax.random.PRNGKey(1), (rows, 3))
+    tangent = {
+        "loc": jax.random.normal(jax.random.PRNGKey(2), (rows, 2)),
+        "tril": jax.random.normal(jax.random.PRNGKey(3), (rows, 3)),
+        "spline": jnp.zeros_like(lam["spline"]),
+    }
+    product = flow.fisher_product(lam, tangent)
+    gaussian = {k: lam[k] for k in ("loc", "tril")}
+    exact = avi.FullRank().fisher_product(gaussian, {k: tangent[k] for k in ("loc", "tril")})
+
+    def form(p: dict, t: dict) -> np.ndarray:
+        return np.asarray(sum(jnp.sum(p[k] * t[k], axis=-1) for k in ("loc", "tril")))
+
+    np.testing.assert_allclose(form(product, tangent), form(exact, tangent), rtol=0.3)
+    grads = {k: jax.random.normal(jax.random.PRNGKey(4), v.shape) for k, v in lam.items()}
+    units = flow.natural_units(lam, grads)
+    assert units.shape == (rows, 61)
+    matrix = flow._fisher_matrix(lam)
+    solved = jnp.linalg.solve(matrix, jnp.concatenate(
+        [grads[k].reshape(rows, -1) for k in flow.parameters], axis=1)[..., None])[..., 0]
+    quadratic = jnp.sum(solved * jnp.concatenate(
+        [grads[k].reshape(rows, -1) for k in flow.parameters], axis=1), axis=1)
+    np.testing.assert_allclose(np.sum(np.asarray(units) ** 2, axis=1), quadratic, rtol=1e-3)
+    assert np.all(np.isfinite(np.asarray(flow.fisher(lam)["spline"])))

@@ -98,10 +98,10 @@ def test_a_certified_first_plateau_returns_the_last_iterate(x):
 def test_after_a_refusal_the_average_is_certified_and_returned_and_beats_the_last_iterate():
     """Without sticking-the-landing the F-VI gradient stays noisy at the optimum, so the
     annealed iterates jitter and the certificate refuses them; from the first refusal on the
-    runner averages the chunk ends, and the average is what the fit returns. Against the
-    closed form (no Monte Carlo error) it is closer to the optimum than the last iterate
-    (measured at N = 200, 10,000 steps: 0.067 against 0.119 nats; 0.055 against 0.35 at
-    N = 500 and 20,000 steps)."""
+    runner averages the chunk ends (and takes 4 draws per step), and the average is what the
+    fit returns. Against the closed form (no Monte Carlo error) it is closer to the optimum
+    than the last iterate (measured at N = 200, 10,000 steps: 0.040 against 0.046 nats; with
+    1 draw per step after the refusal it was 0.067 against 0.119)."""
     data = linear.simulate(200, seed=0)
     last = {}
 
@@ -122,7 +122,8 @@ def test_after_a_refusal_the_average_is_certified_and_returned_and_beats_the_las
     assert fit.state.averaged > 10, fit.certificate
     assert fit.params is fit.state.average
     returned, iterate = _exact_shortfall(fit.params, data), _exact_shortfall(last["params"], data)
-    assert 0 <= returned < 0.8 * iterate, (returned, iterate)
+    assert 0 <= returned < iterate, (returned, iterate)
+    assert returned < 0.06
 
 
 def test_the_progress_bar_ends_on_what_happened(capsys):

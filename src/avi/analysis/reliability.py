@@ -116,26 +116,21 @@ def _group_gradients(
 _gradients = eqx.filter_jit(_group_gradients)
 
 
+@eqx.filter_jit
+def _units(factor: Any, local: Any, grads: Any) -> jax.Array:
+    """Each group's gradient in the factor's Fisher units, (GROUPS, N, P): u_k . u_j =
+    g^(k) F^+ g^(j) per datum (vmapped over the groups only, so a metric computed from the
+    factors, such as a flow's Monte Carlo Fisher, is computed once)."""
+    return jax.vmap(lambda g: natural_units(factor, local, g))(grads)
+
+
 def per_datum_gain(
     fit: Fit, args: Sequence[Any], kwargs: Mapping[str, Any], draws_per_group: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Delta_n and its standard error for every datum of ``args`` (none: the training data)."""
     on = on_data(fit, args, kwargs)
     grads = _gradients(jax.random.PRNGKey(seed), on.params, on.problem, draws_per_group)
-    # each group's gradient in the factor's Fisher units: u_k . u_j = g^(k) F^+ g^(j) per datum
-    u = np.stack(
-        [
-            np.asarray(
-                natural_units(
-                    fit.family.factor,
-                    on.params.local,
-                    jax.tree_util.tree_map(lambda g, k=k: g[k], grads),
-                ),
-                np.float64,
-            )
-            for k in range(GROUPS)
-        ]
-    )
+    u = np.asarray(_units(fit.family.factor, on.params.local, grads), np.float64)
     total = u.sum(0) ** 2  # (sum_k u_k)^2
     squares = (u**2).sum(0)  # sum_k u_k^2
     gain = 0.5 * _per_datum(total - squares) / (GROUPS * (GROUPS - 1))

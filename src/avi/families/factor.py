@@ -16,10 +16,10 @@ draws otherwise.
 
 The convergence certificate measures gradients in the factor's Fisher metric
 (:func:`natural_units`, :func:`fisher_product`). A factor whose Fisher is not diagonal in its
-parameters (a full-rank Gaussian) gives them exactly with optional methods ``natural_units``
-and ``fisher_product``; otherwise its diagonal ``fisher`` is the metric. A factor without a
-known Fisher (a flow) returns NaN from ``fisher``: the certificate then reports the gain as
-unknown and never certifies the block.
+parameters (a full-rank Gaussian, a flow's Monte Carlo estimate) gives them with optional
+methods ``natural_units`` and ``fisher_product``; otherwise its diagonal ``fisher`` is the
+metric. A factor without a known Fisher returns NaN from ``fisher``: the certificate then
+reports the gain as unknown and never certifies the block.
 """
 
 from __future__ import annotations
