@@ -249,8 +249,34 @@ def test_a_short_reference_is_refined_or_called_not_converged(x: np.ndarray):
     kept = avi.compare(linear.model, x, families=families, refine_reference=False, **options)
     assert row(kept, "degree 1")["verdict"] == NOT_CONVERGED and not kept.lifted
     lifted = avi.compare(linear.model, x, families=families, **options)
-    assert lifted.lifted[0][0] == "degree 1" and lifted.lifted[0][1] > 100
+    assert lifted.lifted["F-VI"][0][0] == "degree 1" and lifted.lifted["F-VI"][0][1] > 100
     assert "refined from 'degree 1'" in row(lifted, REFERENCE)["note"]
     degree_one = row(lifted, "degree 1")
     assert degree_one["gap"] > -2 * degree_one["gap_stderr"]
     assert degree_one["verdict"] in ("open", "closed")
+
+
+def test_each_family_is_measured_against_the_f_vi_of_its_own_factor(x: np.ndarray):
+    """Prop. 2.1 holds within one factor: an amortized full-rank family is measured against
+    the factorized full-rank family, which is itself measured against the primary (diagonal)
+    reference. On the linear model (one local coordinate) the two factors hold the same
+    Gaussians and degree 1 is ideal: every verdict is closed."""
+    families = {
+        "F diag": avi.Factorized(),
+        "F full": avi.Factorized(factor=avi.FullRank()),
+        "A full": avi.Amortized(avi.Polynomial(1), factor=avi.FullRank()),
+        "A diag": avi.Amortized(avi.Polynomial(1)),
+    }
+    comparison = avi.compare(
+        linear.model, x, families=families, eval_particles=200, progress=False
+    )
+    assert comparison.reference == "F diag"
+    assert comparison.reference_of("A full") == "F full"
+    assert comparison.reference_of("F full") == "F diag"
+    assert comparison.reference_of("A diag") == "F diag"
+    assert "gap to 'F full'" in row(comparison, "A full")["note"]
+    assert row(comparison, "A diag")["note"] == ""
+    for name in ("F full", "A full", "A diag"):
+        assert comparison.verdict(name) == "closed", comparison.summary()
+    paired = comparison.draws["F full"][0] - comparison.draws["A full"][0]
+    assert comparison.gap("A full").mean == pytest.approx(float(paired.mean()), rel=1e-6)

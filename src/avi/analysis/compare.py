@@ -12,7 +12,12 @@ between fitted approximations:
   error sd / sqrt(draws). Over several seeds: the mean over seeds, with standard error
   max(Monte Carlo stderr of that mean, sd over seeds / sqrt(seeds)), so that optimisation
   noise counts too.
-* Reference (Prop. 2.1): the amortized and constant families of the reference's factor are
+* References: each family is measured against the F-VI of its own factor (Prop. 2.1 holds
+  within one factor): the first Factorized family with that factor when ``families`` has one,
+  else the first Factorized family (the primary reference, :attr:`Comparison.reference`). A
+  Factorized family with another factor than the primary's is itself measured against the
+  primary (outside it: what the richer factor gains).
+* Reference lift (Prop. 2.1): the amortized and constant families of a reference's factor are
   subsets of the factorized one, so at F-VI's optimum no such family's ELBO exceeds F-VI's. A
   reference below one of them has not converged: for each seed where the best of them scores
   higher than F-VI, F-VI is refined from that fit (:func:`avi.refine`, F-VI started from its
@@ -157,15 +162,18 @@ class Comparison:
 
     Attributes:
         families: name -> family, in the order given (the added reference first, if any).
-        reference: name of the F-VI reference family.
+        reference: name of the primary F-VI reference family (the first Factorized one).
         added_reference: whether :func:`compare` added the reference (no family was Factorized).
         seeds: the seeds, one fit of every family per seed.
         fits: name -> the fits, one per seed.
         draws: name -> per seed, the ELBO draws of seed EVAL_SEED + seed.
         options: the options every fit got (those of :func:`avi.fit`).
         tolerance: nats of gap forgiven beyond Monte Carlo error in the verdicts.
-        lifted: seed -> (the family the reference was refined from, the nats it gained) for
-            every seed whose F-VI fit was replaced by its refinement (module docstring).
+        lifted: reference name -> seed -> (the family it was refined from, the nats it
+            gained), for every seed whose F-VI fit was replaced by its refinement (module
+            docstring).
+        references: family name -> the name of the reference it is measured against (module
+            docstring); a family absent from it is measured against ``reference``.
     """
 
     families: Mapping[str, Family]
@@ -176,7 +184,8 @@ class Comparison:
     draws: Mapping[str, tuple[np.ndarray, ...]]
     options: Mapping[str, Any]
     tolerance: float = 0.0
-    lifted: Mapping[int, tuple[str, float]] = field(default_factory=dict)
+    lifted: Mapping[str, Mapping[int, tuple[str, float]]] = field(default_factory=dict)
+    references: Mapping[str, str] = field(default_factory=dict)
 
     def _name(self, family: str) -> str:
         if family not in self.families:
@@ -186,6 +195,10 @@ class Comparison:
             )
         return family
 
+    def reference_of(self, family: str) -> str:
+        """The name of the reference ``family`` is measured against (module docstring)."""
+        return self.references.get(self._name(family), self.reference)
+
     def elbo(self, family: str) -> Estimate:
         """The family's ELBO, over seeds."""
         draws = self.draws[self._name(family)]
@@ -194,22 +207,19 @@ class Comparison:
         )
 
     def gap(self, family: str) -> Estimate:
-        """The family's gap to F-VI (paired, common random numbers), over seeds."""
-        reference = self.draws[self.reference]
+        """The family's gap to its reference (paired, common random numbers), over seeds."""
+        reference = self.draws[self.reference_of(family)]
         return over_seeds(
-            [
-                paired_gap(r, d)
-                for r, d in zip(reference, self.draws[self._name(family)], strict=True)
-            ]
+            [paired_gap(r, d) for r, d in zip(reference, self.draws[family], strict=True)]
         )
 
     def seed_verdicts(self, family: str) -> tuple[str, ...]:
         """The family's verdict at each seed (module docstring)."""
-        reference = self.families[self.reference]
-        inside_ = inside(self.families[self._name(family)], reference)
+        reference = self.reference_of(family)
+        inside_ = inside(self.families[family], self.families[reference])
         return tuple(
             verdict(paired_gap(r, d), self.tolerance, inside_)
-            for r, d in zip(self.draws[self.reference], self.draws[family], strict=True)
+            for r, d in zip(self.draws[reference], self.draws[family], strict=True)
         )
 
     def verdict(self, family: str) -> str:
@@ -219,18 +229,21 @@ class Comparison:
         return seeds_verdict(self.seed_verdicts(family))
 
     def _note(self, family: str) -> str:
-        """What the verdict rests on beyond the numbers: the reference's refinement, seeds that
-        disagree."""
+        """What the verdict rests on beyond the numbers: a reference's refinement, a reference
+        other than the primary, seeds that disagree."""
+        notes = [
+            f"refined from {source!r} at seed {seed} (+{gain:.3g} nats)"
+            for seed, (source, gain) in sorted(self.lifted.get(family, {}).items())
+        ]
         if family == self.reference:
-            return "; ".join(
-                f"refined from {source!r} at seed {seed} (+{gain:.3g} nats)"
-                for seed, (source, gain) in sorted(self.lifted.items())
-            )
+            return "; ".join(notes)
+        if self.reference_of(family) != self.reference:
+            notes.append(f"gap to {self.reference_of(family)!r} (same factor)")
         verdicts = self.seed_verdicts(family)
-        if len(set(verdicts)) == 1:
-            return ""
-        counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
-        return "seeds: " + ", ".join(f"{count} {v}" for v, count in counts.items())
+        if len(set(verdicts)) > 1:
+            counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+            notes.append("seeds: " + ", ".join(f"{count} {v}" for v, count in counts.items()))
+        return "; ".join(notes)
 
     def summary(self) -> pd.DataFrame:
         """One row per family, with columns SUMMARY_COLUMNS (module docstring for each).
@@ -286,7 +299,7 @@ class Comparison:
             ).mean(0)
             - per_datum_elbo_draws(own, num_particles=num_particles, seed=EVAL_SEED + seed).mean(0)
             for seed, reference, own in zip(
-                self.seeds, self.fits[self.reference], self.fits[self._name(family)], strict=True
+                self.seeds, self.fits[self.reference_of(family)], self.fits[family], strict=True
             )
         ]
         return np.mean(gaps, axis=0)
@@ -307,7 +320,7 @@ class Comparison:
         (NaN when the gap is not open, or when the refined fit beats the reference: the fraction
         would exceed 1 by the reference's own shortfall); gradient_norm, gradient_noise
         (:func:`avi.factor_gradient_norm` at the fit, mean over seeds: about zero when the
-        encoder is ideal). Families outside the reference's (:func:`inside`) are left out.
+        encoder is ideal). Families outside their reference's (:func:`inside`) are left out.
 
         Args:
             num_steps: refinement steps (None: the stop rule decides).
@@ -315,14 +328,14 @@ class Comparison:
             **options: options of the refinement's :func:`avi.fit` (e.g. ``optimizer``).
         """
         options = {"progress": self.options.get("progress", True), **options}
-        reference_family = self.families[self.reference]
         rows = []
         for name, family in self.families.items():
-            if not family.infers_new_data or not inside(family, reference_family):
+            reference_name = self.reference_of(name)
+            if not family.infers_new_data or not inside(family, self.families[reference_name]):
                 continue
             refined, norms = [], []
             for seed, fit, reference in zip(
-                self.seeds, self.fits[name], self.draws[self.reference], strict=True
+                self.seeds, self.fits[name], self.draws[reference_name], strict=True
             ):
                 draws = refine(fit, num_steps=num_steps, **options).elbo_draws(
                     reference.size, seed=EVAL_SEED + seed
@@ -374,12 +387,28 @@ class Comparison:
         from avi.analysis import comparison_plots  # matplotlib only when plotting
 
         return comparison_plots.per_datum_gap_histogram(
-            self.per_datum_gaps(family, num_particles), family, self.reference
+            self.per_datum_gaps(family, num_particles), family, self.reference_of(family)
         )
 
 
+def reference_names(families: Mapping[str, Family], primary: str) -> dict[str, str]:
+    """Family name -> the reference it is measured against (module docstring): the first
+    Factorized family of its factor, else ``primary``; a factor's reference other than the
+    primary is measured against the primary."""
+    by_factor: dict[Any, str] = {}
+    for name, family in families.items():
+        if isinstance(family, Factorized):
+            by_factor.setdefault(family.factor, name)
+    references = {}
+    for name, family in families.items():
+        own = by_factor.get(family.factor, primary)
+        references[name] = primary if own == name else own
+    return references
+
+
 def _families(families: Mapping[str, Any] | None) -> tuple[dict[str, Family], str, bool]:
-    """(name -> family with the reference first if added, the reference's name, added?).
+    """(name -> family with the reference first if added, the primary reference's name,
+    added?).
 
     Raises:
         FamilyError: no family, a value that is not a family, or a name clash with REFERENCE.
@@ -438,9 +467,10 @@ def compare(
 ) -> Comparison:
     """Fit ``model(*args, **model_kwargs)`` with every family and measure the amortization gap.
 
-    The F-VI reference is the first Factorized family of ``families``; when there is none,
-    ``avi.Factorized()`` is added under the name ``"F-VI"`` (:data:`REFERENCE`) and fitted
-    first. Every family is fitted once per seed with the same options; the module docstring
+    The primary F-VI reference is the first Factorized family of ``families``; when there is
+    none, ``avi.Factorized()`` is added under the name ``"F-VI"`` (:data:`REFERENCE`) and
+    fitted first. A family whose factor has a Factorized family of its own in ``families`` is
+    measured against that one (module docstring). Every family is fitted once per seed with the same options; the module docstring
     says how fits are scored. ``comparison.summary()`` gives the table.
 
     Args:
@@ -505,34 +535,46 @@ def compare(
             f.elbo_draws(int(eval_particles), seed=EVAL_SEED + seed)
             for seed, f in zip(seed_list, fits[name], strict=True)
         )
-    lifted = (
-        _lift_reference(resolved, reference, seed_list, fits, draws, fit_options)
-        if refine_reference
-        else {}
-    )
+    references = reference_names(resolved, reference)
+    lifted = {}
+    if refine_reference:
+        for name in dict.fromkeys(references.values()):
+            candidates = [
+                n
+                for n, family in resolved.items()
+                if references[n] == name
+                and family.infers_new_data
+                and inside(family, resolved[name])
+            ]
+            lift = _lift_reference(name, candidates, seed_list, fits, draws, fit_options)
+            if lift:
+                lifted[name] = lift
     return Comparison(
-        resolved, reference, added, seed_list, fits, draws, fit_options, float(tolerance), lifted
+        resolved,
+        reference,
+        added,
+        seed_list,
+        fits,
+        draws,
+        fit_options,
+        float(tolerance),
+        lifted,
+        references,
     )
 
 
 def _lift_reference(
-    families: Mapping[str, Family],
     reference: str,
+    candidates: Sequence[str],
     seeds: Sequence[int],
     fits: dict[str, tuple[Fit, ...]],
     draws: dict[str, tuple[np.ndarray, ...]],
     options: Mapping[str, Any],
 ) -> dict[int, tuple[str, float]]:
-    """Refine each seed's F-VI fit from the best fit inside its family that scores higher
-    (Prop. 2.1; module docstring); replace it, in ``fits`` and ``draws``, by the refinement when
-    that scores higher. Returns seed -> (source family, nats gained) for the replaced seeds."""
-    candidates = [
-        name
-        for name, family in families.items()
-        if name != reference
-        and family.infers_new_data
-        and inside(family, families[reference])
-    ]
+    """Refine each seed's F-VI fit ``reference`` from the best of the ``candidates`` (fits
+    inside its family) that scores higher (Prop. 2.1; module docstring); replace it, in
+    ``fits`` and ``draws``, by the refinement when that scores higher. Returns seed -> (source
+    family, nats gained) for the replaced seeds."""
     refine_options = {k: v for k, v in options.items() if k not in ("plate", "init")}
     lifted = {}
     for position, seed in enumerate(seeds):

@@ -126,8 +126,8 @@ def comparison_report(
         (
             "Families",
             f"<div class='wide'>{table}</div>"
-            + "<p class='note'>Gaps are F-VI's ELBO minus the family's, paired over common "
-            "draws; a verdict is 'closed' when the gap is within 2 standard errors plus the "
+            + "<p class='note'>Gaps are F-VI's ELBO (the F-VI of the family's factor where a "
+            "note says so) minus the family's, paired over common draws; a verdict is 'closed' when the gap is within 2 standard errors plus the "
             "tolerance.</p>",
         ),
         ("ELBO against time", _figure(comparison.plot_elbo(), "ELBO against wall time")),

@@ -99,7 +99,8 @@ def _compare(args: argparse.Namespace) -> int:
         if note:
             print(f"note on {family}: {note}")
     print(
-        f"gap: ELBO of {comparison.reference} minus the family's, paired draws. Per seed: "
+        f"gap: ELBO of {comparison.reference} (or of the F-VI of the family's factor, where a "
+        "note says so) minus the family's, paired draws. Per seed: "
         f"closed when |gap| <= 2 standard errors + {args.tolerance:g} nats, open above, "
         "'reference not converged' below (Prop. 2.1); over seeds: their common verdict, else "
         "'seeds disagree'."
