@@ -91,9 +91,9 @@ def test_posterior_of_new_data_on_factorized_fit():
         fit.posterior(X[:3])
 
 
-def test_param_site():
-    with pytest.raises(avi.ModelError, match="'mu' is a numpyro.param"):
-        avi.fit(param_model, X, progress=False)
+def test_param_site_is_learned_not_refused():
+    fit = avi.fit(param_model, X, family="factorized", num_steps=10, progress=False)
+    assert set(fit.model_params) == {"mu"}
 
 
 @pytest.mark.parametrize(

@@ -203,3 +203,15 @@ def test_param_in_the_data_plate_is_refused(data):
 
     with pytest.raises(ModelError, match="'m' is declared inside the data plate"):
         avi.fit(model, data, family="factorized", num_steps=10)
+
+
+def test_mutable_state_is_refused(data):
+    def model(x):
+        state = numpyro.primitives.mutable("net$state", {"count": jnp.zeros(())})
+        state["count"] = state["count"] + 1
+        with numpyro.plate("data", x.shape[0]):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+            numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(ModelError, match="'net\\$state' is a numpyro mutable"):
+        avi.fit(model, data, family="factorized", num_steps=10)

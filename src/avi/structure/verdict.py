@@ -65,8 +65,9 @@ def check(
         The verdict, the encoder's input offsets and an explanation.
 
     Raises:
-        ModelError: no usable data plate, a discrete latent, a numpyro.param, a failing model,
-            one that JAX cannot trace, or a log density that is not finite at random points.
+        ModelError: no usable data plate, a discrete latent, a parameter in the data plate, a
+            failing model, one that JAX cannot trace, or a log density that is not finite at
+            random points.
         DataError: non-finite data.
     """
     args, kwargs = convert_arguments(args, kwargs)
