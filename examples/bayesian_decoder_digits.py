@@ -13,7 +13,7 @@ draw, so nothing reads it (avi keeps it, unmoved, in ``fit.model_params``). The 
 posterior of z) are saved under ``--out``.
 
     .venv/bin/python examples/bayesian_decoder_digits.py --out bayes_out
-    .venv/bin/python examples/bayesian_decoder_digits.py --out tiny --images 200 --max-steps 300
+    .venv/bin/python examples/bayesian_decoder_digits.py --out tiny --images 200 --max-steps 200
 """
 
 from __future__ import annotations

@@ -16,7 +16,12 @@ batch) for comparison.
 
     .venv/bin/python examples/vae_digits.py --out vae_out                   # defaults
     .venv/bin/python examples/vae_digits.py --out vae_out --numpyro-svi-steps 20000
-    .venv/bin/python examples/vae_digits.py --out tiny --images 200 --max-steps 300  # the test's
+    .venv/bin/python examples/vae_digits.py --out tiny --images 200 --max-steps 200  # the test's
+
+Measured with the second command on two shared CPU cores: independent pixels -24.42 nats per
+image; avi's defaults (20,000 steps, 303 s, not certified: the decoder could still gain
+276 +- 15 nats) -14.91 +- 0.001 nats per image, 9.51 above the baseline; NumPyro's SVI
+(20,000 steps, 102 s) -17.27.
 """
 
 from __future__ import annotations

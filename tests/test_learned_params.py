@@ -12,6 +12,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -75,8 +76,10 @@ def test_posterior_and_sample_use_the_learned_params(mean_fit, data):
     np.testing.assert_allclose(q.loc, (mu + new) / 2, atol=0.03)
     draws = mean_fit.sample(3, new)
     np.testing.assert_allclose(draws["mu_twice"], 2 * mu, rtol=1e-6)
-    prior = avi.plot_aggregate_posterior(mean_fit, "z")
-    assert prior is not None
+    figure = avi.plot_aggregate_posterior(mean_fit, "z")
+    plt.close(figure)
+    idata = mean_fit.to_arviz(num_samples=5, chains=2)
+    np.testing.assert_allclose(idata.posterior["mu_twice"], 2 * mu, rtol=1e-6)
 
 
 def test_positive_param_is_learned_in_unconstrained_space(data):
