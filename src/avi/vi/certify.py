@@ -68,6 +68,7 @@ class Tolerances:
             mean off by 0.07 sd.
         locals_base: every local block may gain this much ...
         per_local: ... plus this much per local coordinate (N D_l).
+        per_param: per learned model parameter (unconstrained coordinate), as per global.
     """
 
     per_global: float = 2.5e-3
