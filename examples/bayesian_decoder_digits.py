@@ -14,6 +14,10 @@ posterior of z) are saved under ``--out``.
 
     .venv/bin/python examples/bayesian_decoder_digits.py --out bayes_out
     .venv/bin/python examples/bayesian_decoder_digits.py --out tiny --images 200 --max-steps 200
+
+Measured with the first command on two shared CPU cores: ELBO -20.13 +- 0.003 nats per image
+against -24.42 for independent pixels, 20,000 steps in 311 s, not certified (the encoder could
+still gain 6.3 +- 0.2 nats).
 """
 
 from __future__ import annotations
