@@ -60,8 +60,9 @@ def make_model(decoder: eqx.Module) -> Callable[..., None]:
 def decoder_at_mean(fit: avi.Fit, decoder: eqx.Module) -> eqx.Module:
     """The decoder with every weight at its posterior mean under q(w)."""
     posterior = fit.posterior()
+    prefix = "decoder/"
     means = {
-        name.split("/", 1)[1]: q.mean for name, q in posterior.items() if name.startswith("decoder/")
+        name[len(prefix) :]: q.mean for name, q in posterior.items() if name.startswith(prefix)
     }
     params, static = eqx.partition(decoder, eqx.is_inexact_array)
     return eqx.combine(eqx_from_dict(means, tree=params), static)

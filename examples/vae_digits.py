@@ -134,8 +134,8 @@ def save_figures(fit: avi.Fit, net: eqx.Module, x: np.ndarray, out: Path) -> lis
         for axis, image in zip(axes.ravel(), images, strict=True):
             axis.imshow(image.reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
             axis.axis("off")
-        title = "top: data, bottom: decoded posterior means" if "recon" in name else "from the prior"
-        figure.suptitle(title)
+        recon = "recon" in name
+        figure.suptitle("top: data, bottom: decoded posterior means" if recon else "from the prior")
         figure.savefig(out / name, dpi=80)
         plt.close(figure)
         written.append(out / name)
