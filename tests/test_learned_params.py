@@ -218,3 +218,19 @@ def test_mutable_state_is_refused(data):
 
     with pytest.raises(ModelError, match="'net\\$state' is a numpyro mutable"):
         avi.fit(model, data, family="factorized", num_steps=10)
+
+
+def test_empirical_fisher_of_the_mean_is_the_elbo_curvature(mean_fit, data):
+    """For mu the score of datum n is z_n - mu, so F = sum_n E_q[(z_n - mu)^2] =
+    sum_n (1/2 + ((x_n - mu) / 2)^2) under the exact posterior N((x_n + mu) / 2, 1/2), about N:
+    the ELBO's curvature in mu (-d^2/dmu^2 of sum_n log N(z_n; mu, 1) = N). Four draws of all
+    400 data: Var (z - mu)^2 = 1/2 + 2 (m_n - mu)^2, about 1.5, so a relative sd of
+    sqrt(400 * 1.5 / 4) / 400 = 3%; allowed 8%."""
+    from avi.vi.certify_params import score_rows, scores
+
+    mu = float(mean_fit.model_params["mu"])
+    shape = score_rows(NUM_DATA, 1)
+    assert shape == (4, NUM_DATA)
+    rows = np.asarray(scores(jax.random.PRNGKey(0), mean_fit.params, mean_fit.problem, *shape))
+    expected = np.sum(0.5 + ((data - mu) / 2) ** 2)
+    assert float(rows[:, 0] @ rows[:, 0]) == pytest.approx(expected, rel=0.08)
