@@ -234,3 +234,24 @@ def test_empirical_fisher_of_the_mean_is_the_elbo_curvature(mean_fit, data):
     rows = np.asarray(scores(jax.random.PRNGKey(0), mean_fit.params, mean_fit.problem, *shape))
     expected = np.sum(0.5 + ((data - mu) / 2) ** 2)
     assert float(rows[:, 0] @ rows[:, 0]) == pytest.approx(expected, rel=0.08)
+
+
+def test_grouped_model_learns_the_group_mean():
+    """a_j ~ N(mu, 1), y_ij ~ N(a_j, 1), four houses per county: the group means are
+    N(mu, 1 + 1/4) apart, so the ML mu is their mean (se sqrt(1.25 / 50) = 0.16); the
+    factorized fit is exact at its optimum."""
+
+    def model(county, num_counties, y=None):
+        mu = numpyro.param("mu", 0.0)
+        with numpyro.plate("county", num_counties):
+            a = numpyro.sample("a", dist.Normal(mu, 1.0))
+        with numpyro.plate("house", county.shape[0]):
+            numpyro.sample("y", dist.Normal(a[county], 1.0), obs=y)
+
+    rng = np.random.default_rng(4)
+    county = np.repeat(np.arange(50), 4).astype(np.int32)
+    y = (rng.normal(2.0, 1.0, 50)[county] + rng.normal(0, 1, 200)).astype(np.float32)
+    fit = avi.fit(model, county, 50, y=y, family="factorized", seed=0)
+    means = np.array([y[county == j].mean() for j in range(50)])
+    assert fit.converged
+    assert abs(float(fit.model_params["mu"]) - means.mean()) < 0.25 * np.sqrt(1.25 / 50)
