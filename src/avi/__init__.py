@@ -13,6 +13,7 @@ from avi.analysis.diagnostics import (
 )
 from avi.analysis.per_datum import per_datum_elbo_draws
 from avi.analysis.refine import refine
+from avi.analysis.loo import loo
 from avi.analysis.reliability import Reliability, reliability
 from avi.analysis.sweep import Sweep, sweep
 from avi.errors import (
@@ -81,6 +82,7 @@ __all__ = [
     "plot_aggregate_posterior",
     "psis_khat",
     "refine",
+    "loo",
     "reliability",
     "sweep",
     "vi",

@@ -495,8 +495,10 @@ class Fit:
 
         Groups: ``posterior`` (every latent site and the model's deterministic sites),
         ``posterior_predictive`` (each observed site sampled given each draw),
-        ``log_likelihood`` (per datum of the data plate: ``az.loo`` and ``az.waic`` work; for
-        a grouped model per group) and ``observed_data``; axes along the data plate are named
+        ``log_likelihood`` (per datum of the data plate, given its latents: ``az.loo`` and
+        ``az.waic`` run, but for leave-one-out of a latent-variable model use
+        :func:`avi.loo`, which integrates the latents out and corrects q's draws; for a
+        grouped model per group) and ``observed_data``; axes along the data plate are named
         after it. The draws are independent draws of q split into ``chains`` chains of
         ``num_samples`` (ArviZ's shape checks want several chains; their R-hat is about 1 by
         construction and says nothing of the optimisation, whose evidence is
