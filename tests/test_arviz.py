@@ -88,3 +88,29 @@ def test_new_data_go_to_predictions():
     idata = fit.to_arviz(np.linspace(-1, 1, 7).astype(np.float32), num_samples=30)
     assert idata.predictions["z"].shape == (4, 30, 7)
     assert set(idata.posterior.data_vars) == {"theta"}
+
+
+def test_a_grouped_fit_gives_its_rows_not_the_padded_layout():
+    """Radon (12 counties): observed values and replicates on the houses (sorted by county,
+    in their order within it), not the (J, S) padding the engine fits; the log likelihood per
+    county; the county of each house in constant_data; summaries and forest plots silent."""
+    from avi.datasets import radon
+    from avi.datasets.models import radon_intercept
+
+    data = radon().subset(np.arange(12))
+    fit = avi.fit(
+        radon_intercept, data.county, data.floor, data.num_counties,
+        log_radon=data.log_radon, num_steps=300, progress=False,
+    )  # fmt: skip
+    idata = fit.to_arviz(num_samples=50)
+    houses = len(data.log_radon)
+    order = np.argsort(data.county, kind="stable")
+    np.testing.assert_allclose(idata.observed_data["y"].values, data.log_radon[order])
+    assert idata.observed_data["y"].dims == ("house",)
+    assert idata.posterior_predictive["y"].shape == (4, 50, houses)
+    assert idata.log_likelihood["y"].dims == ("chain", "draw", "county")
+    np.testing.assert_array_equal(idata.constant_data["county"].values, data.county[order])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        az.summary(idata, kind="stats")
+        az.plot_forest(idata, var_names=["a"])

@@ -21,7 +21,7 @@ from scipy.special import logsumexp
 from numpyro.distributions.transforms import biject_to
 
 from avi.data.boundary import convert_arguments
-from avi.data.groups import GroupedModel, model_arguments
+from avi.data.groups import ROW_MASK, GroupedModel, model_arguments
 from avi.data.prepare import FeatureScaling
 from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
@@ -537,10 +537,10 @@ class Fit:
             for name in (*computed, *extra.deterministic, *extra.replicated, *extra.observed):
                 dims[name] = site_dims(trace[name], plate, name)
             groups["posterior"].update(extra.deterministic)
+            if isinstance(model, GroupedModel):
+                extra = _ungrouped(extra, model.spec, np.asarray(model_kwargs[ROW_MASK]), dims)
             groups["posterior_predictive"] = extra.replicated
             groups["log_likelihood"] = {k: v for k, v in extra.log_likelihood.items()}
-            for name in extra.log_likelihood:
-                dims.setdefault(f"{name}__loglik", [plate])
         if args or kwargs:
             global_names = {s.name for s in self.traced.layout.globals}
             predictions = {k: v for k, v in groups.pop("posterior").items() if k not in global_names}
@@ -552,23 +552,57 @@ class Fit:
                 dims=dims,
                 pred_dims=dims,
             )
-        loglik_dims = {k: [plate] for k in groups.get("log_likelihood", {})}
         constant = {}
-        if trace is not None and not isinstance(self.traced.model, GroupedModel):
+        if trace is not None and isinstance(self.traced.model, GroupedModel):
+            spec = self.traced.model.spec
+            real = np.asarray(model_kwargs[ROW_MASK])
+            constant = {spec.index_name: np.nonzero(real)[0]}
+            dims[spec.index_name] = [spec.observation_plate]
+        elif trace is not None:
             constant = _constant_data(self.traced.model, model_args, model_kwargs, extra.observed)
             for name, value in constant.items():
                 names = [f"{name}_dim_{i}" for i in range(np.ndim(value))]
                 if np.ndim(value) and np.shape(value)[0] == self.traced.layout.num_data:
                     names[0] = plate
                 dims[name] = names
-        return az.from_dict(
+        idata = az.from_dict(
             posterior=chained(groups["posterior"]),
             posterior_predictive=chained(groups.get("posterior_predictive", {})) or None,
-            log_likelihood=chained(groups.get("log_likelihood", {})) or None,
             observed_data=extra.observed if trace is not None else None,
             constant_data=constant or None,
-            dims={**dims, **loglik_dims},
+            dims=dims,
         )
+        if groups.get("log_likelihood"):
+            # its own dims: per datum of the data plate (per group for grouped data), where an
+            # observed site of the same name may run along another plate
+            idata.add_groups(
+                log_likelihood=chained(groups["log_likelihood"]),
+                dims={k: [plate] for k in groups["log_likelihood"]},
+            )
+        return idata
+
+
+def _ungrouped(extra: Any, spec: Any, real: np.ndarray, dims: dict[str, list[str]]) -> Any:
+    """A grouped model's observed values and replicates on its real rows, (..., R, ...) along
+    the observation plate, instead of the padded (J, S) layout the engine fits (padding rows
+    are copies, not data). Rows come sorted by group, each group's rows in their order in the
+    data (the data's own order when they were sorted by group); the log likelihood stays per
+    group. ``dims`` is updated in place."""
+    observed = {}
+    for name, value in extra.observed.items():
+        value = np.asarray(value)
+        if value.shape[:2] != real.shape:
+            observed[name] = value
+            continue
+        observed[name] = value[real]
+        dims[name] = [spec.observation_plate] + [
+            f"{name}_dim_{i}" for i in range(1, value.ndim - 1)
+        ]
+    replicated = {
+        name: np.asarray(value)[:, real] if np.shape(value)[1:3] == real.shape else value
+        for name, value in extra.replicated.items()
+    }
+    return extra._replace(observed=observed, replicated=replicated)
 
 
 def _constant_data(
