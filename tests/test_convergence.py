@@ -128,48 +128,43 @@ def test_the_u_statistic_is_the_mean_off_diagonal_cross_product_with_its_jackkni
     np.testing.assert_allclose(same[0], (left.sum(0) @ left.sum(0) - (left**2).sum()) / 2 / 72)
 
 
-def test_dense_and_conjugate_gradient_curvatures_certify_alike(linear_data, monkeypatch):
+@pytest.fixture(scope="module")
+def small_encoder_fit(linear_data) -> avi.Fit:
+    """An MLP(4) fit of the linear model, 300 steps: its encoder block has gain left."""
+    family = avi.Amortized(avi.MLP(width=4))
+    return avi.fit(linear.model, linear_data, family=family, num_steps=300, progress=False)
+
+
+def test_dense_and_conjugate_gradient_curvatures_certify_alike(small_encoder_fit, monkeypatch):
     """A small encoder's curvature as a dense matrix (one product per parameter, solved in
     float64) gives the gains of conjugate gradients per solve to within the latter's float32
     residual tolerance on a damped, ill-conditioned G (measured 3.5% and 6% apart; CG's gain
     unchanged with 20 times the iterations and 64 times the trace probes)."""
     module = sys.modules["avi.vi.certify"]
-    fit = avi.fit(
-        linear.model,
-        linear_data,
-        family=avi.Amortized(avi.MLP(width=4)),
-        num_steps=300,
-        progress=False,
-    )
-    dense = certify(jax.random.PRNGKey(0), fit.params, fit.problem, max_draws=64)
+    dense = certify(jax.random.PRNGKey(0), small_encoder_fit.params, small_encoder_fit.problem, max_draws=64)
     monkeypatch.setattr(module, "DENSE_CURVATURE", 0)
-    iterative = certify(jax.random.PRNGKey(0), fit.params, fit.problem, max_draws=64)
+    iterative = certify(jax.random.PRNGKey(0), small_encoder_fit.params, small_encoder_fit.problem, max_draws=64)
     (encoder,) = [b for b in dense.blocks if b.name == "encoder"]
     (again,) = [b for b in iterative.blocks if b.name == "encoder"]
     assert encoder.gain > 0.01
     assert abs(encoder.gain - again.gain) < 0.1 * encoder.gain, (encoder, again)
 
 
-def test_a_curvature_on_a_subset_of_the_data_certifies_like_the_full_one(linear_data, monkeypatch):
+def test_a_curvature_on_a_subset_of_the_data_certifies_like_the_full_one(
+    small_encoder_fit, linear_data, monkeypatch
+):
     """Beyond CURVATURE_DATA rows the encoder's Gauss-Newton curvature is formed on a fixed
     subset, scaled to N: an unbiased G whose inverse errs large by about 1 / (1 - P / M).
     Here M = N / 4 for a 58-parameter MLP(4): the gains agree within that and the draws'
     noise (same draws for both; measured at N = 10^5 with the default MLP(32): 5.03 against
     4.99 +- 0.4 nats, trace of G 0.1% apart, 7.5 s against 50 s)."""
     module = sys.modules["avi.vi.certify"]
-    fit = avi.fit(
-        linear.model,
-        linear_data,
-        family=avi.Amortized(avi.MLP(width=4)),
-        num_steps=300,
-        progress=False,
-    )
-    full = certify(jax.random.PRNGKey(0), fit.params, fit.problem, max_draws=64)
-    assert module.curvature_rows(fit.problem) is None
+    full = certify(jax.random.PRNGKey(0), small_encoder_fit.params, small_encoder_fit.problem, max_draws=64)
+    assert module.curvature_rows(small_encoder_fit.problem) is None
     monkeypatch.setattr(module, "CURVATURE_DATA", linear_data.shape[0] // 4)
-    rows = module.curvature_rows(fit.problem)
+    rows = module.curvature_rows(small_encoder_fit.problem)
     assert rows.shape == (linear_data.shape[0] // 4,) and np.all(np.diff(np.asarray(rows)) > 0)
-    subset = certify(jax.random.PRNGKey(0), fit.params, fit.problem, max_draws=64)
+    subset = certify(jax.random.PRNGKey(0), small_encoder_fit.params, small_encoder_fit.problem, max_draws=64)
     (encoder,) = [b for b in full.blocks if b.name == "encoder"]
     (again,) = [b for b in subset.blocks if b.name == "encoder"]
     assert encoder.gain > 0.01
