@@ -202,8 +202,9 @@ def test_default_linear_fits_at_scale(num_data, family):
     23 s; amortized MLP(32) 0.989, 1.18 nats, 125 s; N = 10^6 factorized 0.994, 0.39 nats,
     84 s; Polynomial(1) 1.009, 0.011 nats, 47 s; the default amortized MLP(32) 0.994, 5.7 nats
     (tolerance 10), certified after 6,500 steps in 2,134 s with another job sharing the cores
-    (its encoder's curvature on 65,536 of the data; before, one curvature over all 10^6 took
-    about 17 minutes and the fit did not finish in 40). Before certification the default fits
+    (its encoder's curvature on 65,536 of the data; over all data one curvature took 50-100 s
+    at N = 10^5, growing with N, and this fit did not finish in 40 minutes). Before
+    certification the default fits
     stopped with q(theta) 8.5 times too wide at 10^6."""
     x = linear.simulate(num_data, seed=0)
     optimum = linear.factorized_optimum(x)
