@@ -38,19 +38,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
-import paramax
-from flowjax.bijections import RationalQuadraticSpline
 from numpyro.distributions import constraints
 
 from avi.errors import FamilyError
 from avi.families.fullrank import FullRank, cholesky
+
+if TYPE_CHECKING:
+    from flowjax.bijections import RationalQuadraticSpline
 
 QUADRATURE_NODES = 64
 """Gauss-Hermite nodes of the mean E[s(eps)], one-dimensional per coordinate."""
@@ -87,6 +88,8 @@ class Flow:
 
     def spline(self) -> RationalQuadraticSpline:
         """The spline of one coordinate at its start (the identity)."""
+        from flowjax.bijections import RationalQuadraticSpline  # loaded when a flow is used
+
         return RationalQuadraticSpline(knots=self.knots, interval=self.interval)
 
     def init(self, dim: int) -> dict[str, jax.Array]:
@@ -192,6 +195,8 @@ def _spline_vector(spline: RationalQuadraticSpline) -> jax.Array:
 
 def _spline_at(template: RationalQuadraticSpline, vector: jax.Array) -> RationalQuadraticSpline:
     """The template's spline with its unconstrained arrays taken from ``vector``, unwrapped."""
+    import paramax  # loaded with flowjax, when a flow is used
+
     arrays, static = eqx.partition(template, eqx.is_inexact_array)
     leaves, tree = jax.tree_util.tree_flatten(arrays)
     cuts = np.cumsum([leaf.size for leaf in leaves])[:-1]
