@@ -23,7 +23,6 @@ from numpyro.distributions.transforms import biject_to
 from avi.data.boundary import convert_arguments
 from avi.data.groups import ROW_MASK, GroupedModel, model_arguments
 from avi.data.prepare import FeatureScaling
-from avi.data.rows import per_datum_features
 from avi.errors import AviError, FamilyError
 from avi.families import Family, count_parameters
 from avi.families.aggregate import aggregate_factors
@@ -32,6 +31,8 @@ from avi.model import ModelLayout, SiteLayout, TracedModel, trace_model
 from avi.model.params import constrain_params, unflatten_params
 from avi.model.describe import describe_layout, site_differences
 from avi.model.predictive import derived, deterministic, site_dims
+from avi.new_data import CHUNK as NEW_DATA_CHUNK
+from avi.new_data import NewDataCache, encode
 from avi.options import check_bool, check_seed, positive_int
 from avi.vi import History, State
 from avi.vi.certify import Certificate
@@ -97,6 +98,9 @@ class Fit:
     streamed: bool = False
     certifier: Certifier | None = field(default=None, repr=False, compare=False)
     known_certificate: Certificate | None = field(default=None, repr=False, compare=False)
+    _new_data: NewDataCache = field(
+        default_factory=NewDataCache, init=False, repr=False, compare=False
+    )
 
     def __repr__(self) -> str:
         """A short summary (the data and parameters are not printed)."""
@@ -236,24 +240,23 @@ class Fit:
             )
         args, kwargs = convert_arguments(args, kwargs)
         args, kwargs = model_arguments(self.traced.model, args, kwargs)
-        traced = trace_model(self.traced.model, args, kwargs, plate=self.traced.layout.plate)
-        _check_same_sites(self.traced, traced)
-        features = self.scaling.apply(per_datum_features(traced, args, kwargs))
+        features = self._new_data.features(
+            self.traced.model,
+            self.traced.layout.plate,
+            args,
+            kwargs,
+            self.scaling,
+            lambda traced: _check_same_sites(self.traced, traced),
+        )
         if features.shape[-1] != self.scaling.mean.shape[0]:
             raise FamilyError(
                 f"New data have {features.shape[-1]} features per datum; the fit was trained on "
                 f"{self.scaling.mean.shape[0]}. Pass arguments of the same shapes as in training."
             )
-        local_data = self.family.prepare(features)
         # New data lacking a Window neighbour have no factor the encoder can give (training
         # gave such data free factors): their parameters are NaN.
-        lacking = local_data.free_slot >= 0
-        served = local_data._replace(free_slot=jnp.full_like(local_data.free_slot, -1))
-        lam = self.family.local_params(self.params.local, served, None, theta=theta)
-        return {
-            k: jnp.where(lacking.reshape((-1,) + (1,) * (v.ndim - 1)), jnp.nan, v)
-            for k, v in lam.items()
-        }
+        local_data = self.family.prepare(features)
+        return encode(self.family, self.params.local, local_data, theta, NEW_DATA_CHUNK)
 
     def _check_in_memory(self, what: str) -> None:
         if self.problem is None:
