@@ -26,8 +26,8 @@ from avi.amortization_warning import warn_if_not_amortizable
 from avi.data.boundary import convert_arguments
 from avi.data.groups import GroupedModel, group_data
 from avi.data.prepare import Prepared, prepare_in_memory, prepare_streamed
-from avi.data.shard import data_mesh, shard_rows
-from avi.data.stream import BatchSource, is_streamed
+from avi.data.shard import data_mesh, gathered, num_strata, shard_rows, spans_processes
+from avi.data.stream import BatchSource, is_streamed, streamed_length
 from avi.errors import (
     AviError,
     ConvergenceWarning,
@@ -279,12 +279,16 @@ def fit(
     chunk_size = positive_int("chunk_size", chunk_size)
     if is_streamed(args, kwargs):
         check_streamable(family)
-        prepared = prepare_streamed(model, args, kwargs, plate, batch_size, chunk_size, seed)
+        mesh = data_mesh(devices, streamed_length(args, kwargs))
+        prepared = prepare_streamed(
+            model, args, kwargs, plate, batch_size, chunk_size, seed, mesh
+        )
     else:
         tables = bool(family.table_keys)
         prepared = prepare_in_memory(model, args, kwargs, plate, tables, batch_size)
         if prepared.batch_size is not None:
             prepared = _unless_summarised(prepared, batch_size, report, plate)
+        mesh = data_mesh(devices, prepared.traced.layout.num_data)
     layout = prepared.traced.layout
     _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles)
     kl_warmup = non_negative_int("kl_warmup", kl_warmup)
@@ -299,7 +303,14 @@ def fit(
                 "(optimizer=optax.adam(rate))."
             )
     algorithm = algorithm_for(
-        prepared, family, optimizer, learning_rate, num_particles, sticking_the_landing, kl_warmup
+        prepared,
+        family,
+        optimizer,
+        learning_rate,
+        num_particles,
+        sticking_the_landing,
+        kl_warmup,
+        num_strata(mesh, prepared.batch_size),
     )
     init_key, run_key, check_key = fit_keys(seed)
     params = None if init is None else _checked_init(init, algorithm.initial_params(init_key))
@@ -314,7 +325,6 @@ def fit(
              kl_warmup),
             int(num_steps) if num_steps is not None else int(max_steps),
         )
-    mesh = data_mesh(devices, layout.num_data)
     if mesh is not None:
         algorithm = shard_rows(algorithm, layout.num_data, mesh)
         state = shard_rows(state, layout.num_data, mesh)
@@ -327,9 +337,15 @@ def fit(
         hold_globals,
     )
     def as_fit(result: Run) -> Fit:
+        problem = algorithm.problem
+        if spans_processes(mesh):
+            # Every process gets the whole result: the same fit everywhere, readable on the host.
+            if result.certificate is None and result.reason != "interrupted":
+                result = result._replace(certificate=certifier(result.state.params, 0))
+            problem, result = gathered(problem), result._replace(state=gathered(result.state))
         return Fit(
             traced=prepared.traced,
-            problem=algorithm.problem,
+            problem=problem,
             family=family,
             state=result.state,
             history=result.history,
@@ -475,8 +491,7 @@ def _certifier(
 
         def subset(subset_key: jax.Array, on: Problem) -> Problem:
             seed = int(jax.random.randint(subset_key, (), 0, 2**31 - 1))
-            index = np.random.default_rng(seed).integers(0, on.layout.num_data, rows)
-            return restrict(on, source.rows(index))
+            return restrict(on, source.sample(np.random.default_rng(seed), rows))
 
     def certifier(params: VariationalParams, attempt: int) -> Certificate:
         return certify(

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from avi.data.rows import check_minibatchable, per_datum_features
 from avi.data.stream import TRACE_ROWS, BatchSource, check_streamable, prefix, streamed_length
@@ -127,8 +128,10 @@ def prepare_streamed(
     batch_size: int | None,
     chunk_size: int,
     seed: int,
+    mesh: Mesh | None = None,
 ) -> Prepared:
-    """Trace on a prefix of memory-mapped data; minibatches are read from the map per chunk."""
+    """Trace on a prefix of memory-mapped data; minibatches are read from the map per chunk,
+    each process reading only its devices' rows when the data are split over ``mesh``."""
     num_data = streamed_length(args, kwargs)
     validate_arguments(args, kwargs)
     args_prefix, kwargs_prefix = prefix(args, kwargs, num_data, TRACE_ROWS)
@@ -141,7 +144,7 @@ def prepare_streamed(
     step_batch_size = resolve_batch_size(batch_size, num_data, False) or min(
         num_data, AUTO_BATCH_SIZE
     )
-    source = BatchSource(layout, args, kwargs, step_batch_size, chunk_size, seed)
+    source = BatchSource(layout, args, kwargs, step_batch_size, chunk_size, seed, mesh)
     scaling = FeatureScaling(source.mean, source.std)
     device_args, device_kwargs = _device_arguments(args_prefix, kwargs_prefix)
     features = scaling.apply(prefix_features)

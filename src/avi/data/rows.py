@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avi.data.batch import take_rows
 from avi.data.groups import ROW_MASK, GroupedModel, group_features
 from avi.errors import ModelError
 from avi.model import ModelLayout, TracedModel, plate_axis
@@ -56,7 +57,7 @@ def slice_arguments(
     layout: ModelLayout, args: Sequence[Any], kwargs: Mapping[str, Any], index: jax.Array
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Take the rows ``index`` of every per-datum argument; others pass whole."""
-    return map_per_datum(layout, args, kwargs, lambda a: jnp.take(a, index, axis=0))
+    return map_per_datum(layout, args, kwargs, lambda a: take_rows(a, index))
 
 
 def per_datum_features(

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from avi.errors import AviError
@@ -29,20 +31,43 @@ def data_mesh(devices: Sequence[jax.Device] | None, num_data: int) -> Mesh | Non
     With ``devices=None`` every device is used when there are several and they divide N
     evenly (else one device); an explicit list must divide N.
 
+    With ``jax.distributed`` initialised, ``jax.devices()`` lists every process's devices:
+    the data are split over all of them and must divide evenly.
+
     Raises:
-        AviError: an explicit device list that does not divide the data evenly.
+        AviError: devices (an explicit list, or those of several processes) that do not divide
+            the data evenly.
     """
     chosen = list(jax.devices()) if devices is None else list(devices)
     if len(chosen) <= 1:
         return None
     if num_data % len(chosen):
-        if devices is None:
+        if devices is None and jax.process_count() == 1:
             return None
         raise AviError(
             f"devices: {len(chosen)} devices do not divide N={num_data} data evenly; pass a "
             "number of devices that divides N, or drop a few data."
         )
     return Mesh(np.asarray(chosen), (DATA_AXIS,))
+
+
+def num_strata(mesh: Mesh | None, batch_size: int | None) -> int:
+    """The number of blocks minibatches are stratified over: one per device of the mesh
+    (:func:`avi.data.batch.draw_batch`), 1 without a mesh or in full-batch mode.
+
+    Raises:
+        AviError: a batch size that the devices do not divide.
+    """
+    if mesh is None or batch_size is None:
+        return 1
+    count = mesh.devices.size
+    if batch_size % count:
+        raise AviError(
+            f"batch_size={batch_size}: each of the {count} devices draws an equal share of every "
+            f"minibatch from its own rows; give a batch size that {count} divides (e.g. "
+            f"{count * max(1, round(batch_size / count))})."
+        )
+    return count
 
 
 def shard_rows(tree: Any, num_data: int, mesh: Mesh) -> Any:
@@ -57,3 +82,38 @@ def shard_rows(tree: Any, num_data: int, mesh: Mesh) -> Any:
         return jax.device_put(leaf, rows if per_datum else replicated)
 
     return jax.tree_util.tree_map(place, tree)
+
+
+def spans_processes(mesh: Mesh | None) -> bool:
+    """Whether the mesh holds devices of other processes (``jax.distributed``)."""
+    return mesh is not None and any(
+        d.process_index != jax.process_index() for d in mesh.devices.flat
+    )
+
+
+def gathered(tree: Any) -> Any:
+    """``tree`` with every array that spans other processes' devices gathered into this
+    process (``multihost_utils.process_allgather``): after a fit over several processes each
+    holds the whole result, the same everywhere. A collective: every process calls it on the
+    same tree.
+    """
+
+    def local(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return jnp.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return leaf
+
+    return jax.tree_util.tree_map(local, tree)
+
+
+def host_arrays(tree: Any) -> Any:
+    """``tree`` as NumPy arrays on this host, arrays split over other processes' devices
+    gathered first (a collective when any is: every process calls it on the same tree)."""
+
+    def host(leaf: Any) -> np.ndarray:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if not leaf.is_fully_replicated:
+                return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return np.asarray(leaf)
+
+    return jax.tree_util.tree_map(host, tree)

@@ -12,11 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from avi.data.batch import StreamedRows
-from avi.errors import ModelError
+from avi.data.shard import DATA_AXIS
+from avi.errors import DataError, ModelError
 from avi.model import ModelLayout, TracedModel
 
 TRACE_ROWS = 1024
@@ -72,7 +76,17 @@ def check_streamable(traced: TracedModel, args_prefix: Sequence[Any]) -> None:
 
 
 class BatchSource:
-    """Draws minibatches of rows (uniformly, with replacement) from the streamed arguments."""
+    """Draws minibatches of rows (uniformly, with replacement) from the streamed arguments.
+
+    With a mesh of S devices (:mod:`avi.data.shard`; with ``jax.distributed``, the devices of
+    every process) each draw is stratified like in-memory minibatches
+    (:func:`avi.data.batch.draw_batch`): B / S rows from each of the S equal blocks of the file.
+    Every process draws the same indices (the same seed) but reads, converts and sends to its
+    devices only the rows of its own blocks; the batch is one global array split along its rows
+    (``jax.make_array_from_process_local_data``). The encoder's input scaling is computed the
+    same way: each process sums its blocks' share of the sample, and the sums are added across
+    processes.
+    """
 
     def __init__(
         self,
@@ -82,55 +96,112 @@ class BatchSource:
         batch_size: int,
         chunk_size: int,
         seed: int,
+        mesh: Mesh | None = None,
     ) -> None:
         self.layout = layout
         self.args = args
         self.kwargs = kwargs
         self.batch_size = batch_size
         self.chunk_size = chunk_size
+        self.mesh = mesh
+        self.strata = 1 if mesh is None else mesh.devices.size
+        self.local = local_strata(mesh)
         self.rng = np.random.default_rng(seed)
-        sample = self.rng.integers(0, layout.num_data, min(layout.num_data, SCALING_ROWS))
-        raw = self._raw_features(np.sort(sample))
-        self.mean = raw.mean(axis=0)
-        std = raw.std(axis=0)
-        self.std = np.where(std > 0, std, 1.0)
+        self.mean, self.std = self._scaling(min(layout.num_data, SCALING_ROWS))
+
+    def _draw(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Row indices of shape (*shape, S, b): row block s drawn from the s-th of S blocks."""
+        block = self.layout.num_data // self.strata
+        *lead, count = shape
+        per_stratum = -(-count // self.strata)
+        local = rng.integers(0, block, (*lead, self.strata, per_stratum))
+        return local + block * np.arange(self.strata)[:, None]
 
     def _rows(self, index: np.ndarray) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:
-        order = np.argsort(index)  # sorted reads are sequential in the file
+        """This process's rows of a drawn index (*lead, S, b), as (*lead, S_local * b, ...)."""
+        mine = index[..., self.local, :]
+        flat = mine.reshape(-1)
+        order = np.argsort(flat)  # sorted reads are sequential in the file
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
+        shape = (*mine.shape[:-2], mine.shape[-2] * mine.shape[-1])
 
         def read(value: np.ndarray) -> np.ndarray:
-            return np.asarray(value[index[order]])[inverse]
+            rows = np.asarray(value[flat[order]])[inverse]
+            return rows.reshape(shape + rows.shape[1:])
 
         return (
             {i: read(self.args[i]) for i in self.layout.per_datum_args},
             {k: read(self.kwargs[k]) for k in self.layout.per_datum_kwargs},
         )
 
-    def _raw_features(self, index: np.ndarray) -> np.ndarray:
-        return _flatten(*self._rows(index), len(index))
+    def _scaling(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of the raw features over ``count`` sampled rows."""
+        args, kwargs = self._rows(self._draw(self.rng, (count,)))
+        rows = next(iter([*args.values(), *kwargs.values()])).shape[0]
+        raw = _flatten(args, kwargs, rows).astype(np.float64)
+        sums = np.stack([np.full(raw.shape[1], rows, np.float64), raw.sum(0), (raw**2).sum(0)])
+        if self.mesh is not None and jax.process_count() > 1:
+            sums = np.sum(multihost_utils.process_allgather(sums), axis=0)
+        total, first, second = sums
+        mean = first / total
+        std = np.sqrt(np.maximum(second / total - mean**2, 0.0))
+        return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
 
-    def rows(self, index: np.ndarray) -> StreamedRows:
-        """The batch of the given row indices."""
-        args, kwargs = self._rows(index)
-        features = (_flatten(args, kwargs, len(index)) - self.mean) / self.std
-        return StreamedRows(
-            {i: jnp.asarray(a) for i, a in args.items()},
-            {k: jnp.asarray(a) for k, a in kwargs.items()},
-            jnp.asarray(features, dtype=jnp.float32),
+    def _global(self, value: np.ndarray, axis: int) -> jax.Array:
+        """A process's rows as its part of the global array split along ``axis``."""
+        if self.mesh is None:
+            return jnp.asarray(value)
+        value = np.asarray(value, dtype=jax.dtypes.canonicalize_dtype(value.dtype))
+        spec = PartitionSpec(*([None] * axis), DATA_AXIS)
+        shape = list(value.shape)
+        shape[axis] = shape[axis] * self.strata // len(self.local)
+        return jax.make_array_from_process_local_data(
+            NamedSharding(self.mesh, spec), value, tuple(shape)
         )
+
+    def _batch(self, index: np.ndarray) -> StreamedRows:
+        args, kwargs = self._rows(index)
+        axis = index.ndim - 2
+        rows = next(iter([*args.values(), *kwargs.values()])).shape[axis]
+        lead = index.shape[:-2]
+        flat_args = {i: a.reshape(-1, *a.shape[axis + 1 :]) for i, a in args.items()}
+        flat_kwargs = {k: a.reshape(-1, *a.shape[axis + 1 :]) for k, a in kwargs.items()}
+        raw = _flatten(flat_args, flat_kwargs, int(np.prod(lead, dtype=int)) * rows)
+        features = ((raw - self.mean) / self.std).astype(np.float32)
+        features = features.reshape(*lead, rows, features.shape[-1])
+        return StreamedRows(
+            {i: self._global(a, axis) for i, a in args.items()},
+            {k: self._global(a, axis) for k, a in kwargs.items()},
+            self._global(features, axis),
+        )
+
+    def sample(self, rng: np.random.Generator, count: int) -> StreamedRows:
+        """About ``count`` rows (rounded up to a multiple of the devices), drawn with ``rng``
+        and stratified like the minibatches (evaluation and certificate subsets)."""
+        return self._batch(self._draw(rng, (count,)))
 
     def chunk(self) -> StreamedRows:
         """One chunk: ``chunk_size`` batches stacked along a leading axis."""
-        index = self.rng.integers(0, self.layout.num_data, self.chunk_size * self.batch_size)
-        flat = self.rows(index)
-        shape = (self.chunk_size, self.batch_size)
-        return StreamedRows(
-            {i: a.reshape(shape + a.shape[1:]) for i, a in flat.args.items()},
-            {k: a.reshape(shape + a.shape[1:]) for k, a in flat.kwargs.items()},
-            flat.features.reshape(shape + flat.features.shape[1:]),
+        return self._batch(self._draw(self.rng, (self.chunk_size, self.batch_size)))
+
+
+def local_strata(mesh: Mesh | None) -> np.ndarray:
+    """The positions along the data axis of this process's devices (all of them for one
+    process).
+
+    Raises:
+        DataError: a mesh on which this process's devices are not contiguous.
+    """
+    if mesh is None:
+        return np.zeros(1, dtype=int)
+    mine = np.flatnonzero([d.process_index == jax.process_index() for d in mesh.devices.flat])
+    if mine.size == 0 or np.any(np.diff(mine) != 1):
+        raise DataError(
+            "devices: each process's devices must be one contiguous run of the device list "
+            "(the order of jax.devices()); pass devices=jax.devices() or leave it out."
         )
+    return mine
 
 
 def _flatten(args: dict[int, np.ndarray], kwargs: dict[str, np.ndarray], rows: int) -> np.ndarray:

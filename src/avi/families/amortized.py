@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avi.data.batch import take_rows
 from avi.errors import FamilyError
 from avi.families.diagonal import Diagonal
 from avi.families.encoders import (
@@ -149,7 +150,7 @@ class Amortized:
         index: jax.Array | None,
         theta: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
-        features = data.features if index is None else data.features[index]
+        features = data.features if index is None else take_rows(data.features, index)
         if self.given_globals:
             if theta is None:
                 raise FamilyError(
@@ -169,7 +170,7 @@ class Amortized:
         free = self.free_factors(params)
         if not free or next(iter(free.values())).shape[0] == 0:
             return lam
-        slot = data.free_slot if index is None else data.free_slot[index]
+        slot = data.free_slot if index is None else take_rows(data.free_slot, index)
         use_free, safe = slot >= 0, jnp.maximum(slot, 0)
         return {
             k: jnp.where(use_free.reshape((-1,) + (1,) * (v.ndim - 1)), free[k][safe], v)

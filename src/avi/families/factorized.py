@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avi.data.batch import take_rows
 from avi.families.diagonal import Diagonal
 from avi.families.factor import Factor
 from avi.families.protocol import LocalData, check_factor
@@ -57,7 +58,7 @@ class Factorized:
     ) -> dict[str, jax.Array]:
         if index is None:
             return {k: params[k] for k in self.table_keys}
-        return {k: params[k][index] for k in self.table_keys}
+        return {k: take_rows(params[k], index) for k in self.table_keys}
 
     def free_factors(self, params: Mapping[str, Any]) -> dict[str, jax.Array]:
         return {k: params[k] for k in self.table_keys}
@@ -90,7 +91,7 @@ class Constant:
         index: jax.Array | None,
         theta: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
-        rows = data.free_slot.shape[0] if index is None else index.shape[0]
+        rows = data.free_slot.shape[0] if index is None else index.size
         return _rows({k: params[k] for k in self.factor.parameters}, rows)
 
     def free_factors(self, params: Mapping[str, Any]) -> dict[str, jax.Array]:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from avi.data.batch import Batch, StreamedRows, draw_batch
+from avi.data.batch import Batch, StreamedRows, draw_batch, put_rows, take_rows
 from avi.families import LocalData
 from avi.vi.elbo import elbo_draws
 from avi.vi.initialize import initial_global_log_scale
@@ -67,12 +67,15 @@ class Settings:
         num_particles: Monte Carlo draws per step.
         sticking_the_landing: use the sticking-the-landing estimator (Roeder et al. 2017).
         kl_warmup: steps of the KL warm-up (0: none; :mod:`avi.vi.elbo`).
+        strata: the devices the data are split over; minibatches are stratified over them
+            (:func:`avi.data.batch.draw_batch`), 1 for one device.
     """
 
     batch_size: int | None
     num_particles: int
     sticking_the_landing: bool
     kl_warmup: int = 0
+    strata: int = 1
 
 
 def step_keys(key: jax.Array, step: jax.Array | int) -> tuple[jax.Array, jax.Array]:
@@ -119,7 +122,9 @@ def merge_tables(dense: VariationalParams, tables: dict[str, jax.Array]) -> Vari
 def _rows(tree: Any, index: jax.Array, num_data: int) -> Any:
     """The rows ``index`` of every leaf whose leading axis is the data axis."""
     return jax.tree_util.tree_map(
-        lambda leaf: leaf[index] if jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_data else leaf,
+        lambda leaf: (
+            take_rows(leaf, index) if jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_data else leaf
+        ),
         tree,
     )
 
@@ -128,7 +133,7 @@ def _scatter_rows(tree: Any, rows: Any, index: jax.Array, num_data: int) -> Any:
     """Write ``rows`` back at ``index`` into the per-datum leaves; other leaves are replaced."""
     return jax.tree_util.tree_map(
         lambda leaf, row: (
-            leaf.at[index].set(row) if jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_data else row
+            put_rows(leaf, index, row) if jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_data else row
         ),
         tree,
         rows,
@@ -218,8 +223,10 @@ class Algorithm(eqx.Module):
         return opt_state._replace(hyperparams=hyperparams)
 
     def draw_batch(self, key: jax.Array) -> Batch:
-        """A batch of the in-memory data (:func:`avi.data.batch.draw_batch` with this batch size)."""
-        return draw_batch(key, self.problem.layout.num_data, self.settings.batch_size)
+        """A batch of the in-memory data (:func:`avi.data.batch.draw_batch` with this batch size,
+        stratified over the devices that hold the data)."""
+        settings = self.settings
+        return draw_batch(key, self.problem.layout.num_data, settings.batch_size, settings.strata)
 
     def step(self, key: jax.Array, state: State, batch: Batch) -> tuple[State, Info]:
         """One optimisation step on ``batch`` with the Monte Carlo draws of ``key``."""

@@ -13,7 +13,7 @@ import optax
 from avi.data.boundary import convert_arguments
 from avi.data.groups import group_data
 from avi.data.prepare import Prepared, prepare_in_memory
-from avi.data.shard import data_mesh, shard_rows
+from avi.data.shard import data_mesh, num_strata, shard_rows
 from avi.errors import AviError
 from avi.families import Family, as_family
 from avi.families.window import check_reach
@@ -31,6 +31,7 @@ def algorithm_for(
     num_particles: int,
     sticking_the_landing: bool,
     kl_warmup: int = 0,
+    strata: int = 1,
 ) -> Algorithm:
     """The algorithm of prepared data under a family (shared by :func:`build` and :func:`avi.fit`).
 
@@ -64,7 +65,11 @@ def algorithm_for(
         problem=problem_for(prepared, family),
         optimizer=optimizer if optimizer is not None else default_optimizer(),
         settings=Settings(
-            prepared.batch_size, int(num_particles), bool(sticking_the_landing), int(kl_warmup)
+            prepared.batch_size,
+            int(num_particles),
+            bool(sticking_the_landing),
+            int(kl_warmup),
+            strata,
         ),
         learning_rate=rate,
     )
@@ -107,11 +112,17 @@ def build(
     sticking_the_landing = check_bool("sticking_the_landing", sticking_the_landing)
     family = as_family(family)
     prepared = prepare_in_memory(model, args, kwargs, plate, bool(family.table_keys), batch_size)
-    algorithm = algorithm_for(
-        prepared, family, optimizer, learning_rate, num_particles, sticking_the_landing
-    )
     num_data = prepared.traced.layout.num_data
     mesh = data_mesh(devices, num_data)
+    algorithm = algorithm_for(
+        prepared,
+        family,
+        optimizer,
+        learning_rate,
+        num_particles,
+        sticking_the_landing,
+        strata=num_strata(mesh, prepared.batch_size),
+    )
     return algorithm if mesh is None else shard_rows(algorithm, num_data, mesh)
 
 

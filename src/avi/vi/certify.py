@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from avi.data.shard import host_arrays
 from avi.families.factor import fisher_product
 from avi.families.factor import natural_units as factor_units
 from avi.families.protocol import factors_given, given_globals
@@ -488,7 +489,7 @@ def certify(
             ]
         solving = bool(options[2])
         for group in rounds:
-            group = jax.tree_util.tree_map(np.asarray, group)
+            group = host_arrays(group)
             non_finite += int(group.non_finite.sum())
             moved = {k: v.sum(axis=0) for k, v in group.moved.items()}
             totals = moved if totals is None else {k: totals[k] + moved[k] for k in moved}

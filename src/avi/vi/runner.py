@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from avi.data.batch import Batch, StreamedRows
+from avi.data.batch import Batch, StreamedRows, draw_batch
 from avi.data.stream import BatchSource
 from avi.errors import DivergenceError
 from avi.vi.algorithm import Algorithm, restrict, step_keys
@@ -224,12 +224,15 @@ def _final_line(bar: tqdm, done: int, reason: str, ruled: bool) -> None:
     bar.refresh()
 
 
-def evaluation_index(key: jax.Array, num_data: int, batch_size: int | None) -> jax.Array | None:
+def evaluation_index(
+    key: jax.Array, num_data: int, batch_size: int | None, strata: int = 1
+) -> jax.Array | None:
     """The fixed data on which the stop rule evaluates the ELBO: all data in full-batch mode,
-    else 16 B data drawn once, uniformly with replacement (O(B) work whatever N is)."""
+    else 16 B data drawn once, uniformly with replacement (O(B) work whatever N is), stratified
+    over the devices that hold the data like the steps' batches."""
     if batch_size is None or 16 * batch_size >= num_data:
         return None
-    return jax.random.randint(key, (16 * batch_size,), 0, num_data)
+    return draw_batch(key, num_data, 16 * batch_size, strata).index
 
 
 def _evaluate(
@@ -248,12 +251,12 @@ def _evaluation_target(
     """The problem and rows on which every check evaluates the ELBO."""
     problem = algorithm.problem
     if source is None:
+        settings = algorithm.settings
         return problem, evaluation_index(
-            key, problem.layout.num_data, algorithm.settings.batch_size
+            key, problem.layout.num_data, settings.batch_size, settings.strata
         )
     subset = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
-    rows = subset.integers(0, problem.layout.num_data, 16 * source.batch_size)
-    return restrict(problem, source.rows(rows)), None
+    return restrict(problem, source.sample(subset, 16 * source.batch_size)), None
 
 
 def run(

@@ -1,0 +1,111 @@
+"""Several processes forming one JAX runtime (``jax.distributed``) fit as one process does.
+
+Two processes of one CPU device each, joined by ``jax.distributed.initialize`` on localhost
+(gloo collectives), run the same script on the same arguments. Minibatches are stratified over
+the devices that hold the data (:func:`avi.data.batch.draw_batch`), so the draws depend on the
+number of devices, not on how they are spread over processes: 2 processes x 1 device take the
+very steps of 1 process x 2 devices, and agree with it to float32 rounding (the order of the
+reductions differs; 1e-5 after 300 steps, as in ``test_data_shard``). Full-batch F-VI has no
+draws of data and agrees with one device as well. The streamed fit's reads are recorded: each
+process reads the rows of its own half of the file only (beyond the 1,024-row prefix every
+process traces the model on).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avi.paper.experiments import linear
+from processes import run_processes
+
+NUM_DATA = 1000
+
+SCRIPT = """
+import json
+import numpy as np
+import avi
+from avi.paper.experiments import linear
+
+reads = []
+
+class Recording(np.memmap):
+    def __getitem__(self, key):
+        if isinstance(key, np.ndarray):
+            reads.append(np.asarray(key).ravel())
+        return super().__getitem__(key)
+
+x = linear.simulate(%(n)d, seed=0)
+streamed = np.load(sys.argv[4], mmap_mode="r").view(Recording)
+out = {}
+for name, data, family, batch in [
+    ("factorized", x, avi.Factorized(), None),
+    ("amortized-batch", x, avi.Amortized(avi.MLP(8)), 100),
+    ("amortized-streamed", streamed, avi.Amortized(avi.MLP(8)), 100),
+]:
+    fit = avi.fit(linear.model, data, family=family, batch_size=batch, num_steps=300,
+                  progress=False)
+    loc, scale = fit.local_factors() if name != "amortized-streamed" else fit.local_factors(x)
+    out[name] = {
+        "global_loc": np.asarray(fit.params.global_loc).tolist(),
+        "global_log_scale": np.asarray(fit.params.global_log_scale).tolist(),
+        "local_loc": np.asarray(loc).ravel().tolist(),
+        "local_scale": np.asarray(scale).ravel().tolist(),
+        "elbo": float(fit.elbo(100, seed=1).mean) if data is x else None,
+        "converged": bool(fit.converged),
+    }
+rows = np.concatenate(reads) if reads else np.zeros(0, int)
+out["reads"] = {"count": int(rows.size), "min": int(rows.min()), "max": int(rows.max())}
+out["devices"] = len(jax.devices())
+print(json.dumps(out))
+""" % {"n": NUM_DATA}
+
+FITS = ["factorized", "amortized-batch", "amortized-streamed"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, list[dict]]:
+    path = tmp_path_factory.mktemp("streamed") / "x.npy"
+    np.save(path, linear.simulate(NUM_DATA, seed=0))
+    return {
+        "2 processes x 1 device": run_processes(SCRIPT, 2, 1, [str(path)]),
+        "1 process x 2 devices": run_processes(SCRIPT, 1, 2, [str(path)]),
+        "1 process x 1 device": run_processes(SCRIPT, 1, 1, [str(path)]),
+    }
+
+
+def _difference(a: dict, b: dict) -> float:
+    return max(
+        float(np.max(np.abs(np.asarray(a[key]) - np.asarray(b[key]))))
+        for key in ["global_loc", "global_log_scale", "local_loc", "local_scale"]
+    )
+
+
+def test_every_process_holds_the_same_result(runs):
+    first, second = runs["2 processes x 1 device"]
+    assert first["devices"] == second["devices"] == 2
+    for name in FITS:
+        assert first[name] == second[name]
+
+
+@pytest.mark.parametrize("name", FITS)
+def test_two_processes_take_the_steps_of_one_process_with_two_devices(runs, name):
+    (many,), (one,) = runs["2 processes x 1 device"][:1], runs["1 process x 2 devices"]
+    assert _difference(many[name], one[name]) < 1e-5
+    if many[name]["elbo"] is not None:
+        assert abs(many[name]["elbo"] - one[name]["elbo"]) < 1e-2
+    assert many[name]["converged"] == one[name]["converged"]
+
+
+def test_full_batch_f_vi_agrees_with_one_device(runs):
+    (many,), (one,) = runs["2 processes x 1 device"][:1], runs["1 process x 1 device"]
+    assert _difference(many["factorized"], one["factorized"]) < 1e-5
+
+
+def test_each_process_reads_only_its_half_of_the_file(runs):
+    half = NUM_DATA // 2
+    for process, out in enumerate(runs["2 processes x 1 device"]):
+        assert out["reads"]["count"] > 0
+        assert process * half <= out["reads"]["min"] and out["reads"]["max"] < (process + 1) * half
+    (one,) = runs["1 process x 2 devices"]
+    assert one["reads"]["min"] < half <= one["reads"]["max"]
