@@ -35,7 +35,7 @@ from avi.structure.probes import (
     swap_probes,
 )
 from avi.structure.problem import Problem
-from avi.structure.program import evaluate_points
+from avi.structure.program import Exchange, evaluate_points
 from avi.structure.wording import join, offsets_phrase
 
 RTOL = 1e-8
@@ -78,6 +78,8 @@ class Findings:
         siblings: (local, other local) sharing a factor of the joint at the same datum (w_n in
             the prior of z_n): by Lemma 3.1 the optimal factor of each depends on the other's,
             hence on the data the other depends on.
+        exchanges: per random point, the exchange probe of the window guessed by
+            :func:`dependencies`' caller, or None when none was guessed.
     """
 
     coupling: set[Edge] = field(default_factory=set)
@@ -85,6 +87,7 @@ class Findings:
     data: set[Edge] = field(default_factory=set)
     summaries: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     unseen: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    exchanges: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,9 @@ class LocalWindow:
     problem: str | None
 
 
-def dependencies(problem: Problem, design: Design) -> Findings:
-    """Couplings, data edges, global summaries and unseen data of every local latent."""
+def dependencies(problem: Problem, design: Design, exchange: Exchange | None = None) -> Findings:
+    """Couplings, data edges, global summaries and unseen data of every local latent, and the
+    exchange probe of a guessed window (``exchange``, evaluated in the same program)."""
     names = list(problem.locals)
     row_probes = [Probe(k, n) for k in range(len(names)) for n in design.probes]
     swaps = swap_probes(problem, design)
@@ -113,7 +117,10 @@ def dependencies(problem: Problem, design: Design) -> Findings:
               if problem.inputs[i].valued}
     blocks = design.window is not None
     found, swapped = Findings(), set()
-    for tables in evaluate_points(problem, design, row_probes, swaps):
+    points = evaluate_points(problem, design, row_probes, swaps, exchange)
+    if exchange:
+        found.exchanges = [(np.asarray(t.exchange[0]), np.asarray(t.exchange[1])) for t in points]
+    for tables in points:
         for k, local in enumerate(names):
             idx = [j for j, p in enumerate(row_probes) if p.slot == k]
             for s, by_local in tables.coupling.items():

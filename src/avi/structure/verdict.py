@@ -31,6 +31,9 @@ EXCHANGE_RTOL = 1e-7
 """A swap of two data's windows changes g(z_n) beyond rounding above this relative size."""
 EXCHANGE_PAIRS = 12
 """Consecutive and spread candidates compared with the reference datum in the exchange probe."""
+GUESSED_WINDOW = (0,)
+"""The window whose exchange probe runs in the dependencies' program: the datum alone, that of
+simple hierarchical models (the usual case), so that they compile one program, not two."""
 
 
 def check(
@@ -89,7 +92,10 @@ def _prefix_report(problem: Problem) -> StructureReport:
     """The verdict on the analysed problem (all data, or the first k of a large problem)."""
     if not problem.locals:
         return no_locals_report(problem)
-    found = dependencies(problem, design_for(problem.size))
+    guess = exchange_pairs(problem.size, GUESSED_WINDOW)
+    found = dependencies(
+        problem, design_for(problem.size), (GUESSED_WINDOW, tuple(guess)) if guess else None
+    )
     if found.coupling:
         return coupled_report(problem, found.coupling)
     if found.unseen:
@@ -100,7 +106,9 @@ def _prefix_report(problem: Problem) -> StructureReport:
     ]
     if all(w.problem is None for w in windows):
         offsets = tuple(sorted({0} | {o for w in windows for _, o in w.links}))
-        moved = _position_dependent(problem, offsets)
+        moved = _position_dependent(
+            problem, offsets, found.exchanges if offsets == GUESSED_WINDOW else None
+        )
         if moved is not None:
             return position_report(problem, offsets, moved)
     return window_report(problem, windows, found.summaries, found.siblings)
@@ -118,13 +126,20 @@ def exchange_pairs(size: int, offsets: tuple[int, ...]) -> list[tuple[int, int]]
     return [(n, low) for n in candidates]
 
 
-def _position_dependent(problem: Problem, offsets: tuple[int, ...]) -> tuple[int, int] | None:
+def _position_dependent(
+    problem: Problem,
+    offsets: tuple[int, ...],
+    evaluated: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[int, int] | None:
     """A pair (n, m) whose swap changes the optimal factor's gradient, or None: the model is
-    exchangeable (Definition 3.3) up to its window."""
+    exchangeable (Definition 3.3) up to its window. ``evaluated``: the exchange probe of these
+    offsets' pairs, already computed with the dependencies."""
     pairs = exchange_pairs(problem.size, offsets)
     if not pairs:
         return None
-    for diff, scale in exchange_points(problem, offsets, pairs):
+    if evaluated is None:
+        evaluated = exchange_points(problem, offsets, pairs)
+    for diff, scale in evaluated:
         moved = np.flatnonzero(diff > EXCHANGE_RTOL * scale + 1e-300)
         if moved.size:
             return pairs[int(moved[0])]
