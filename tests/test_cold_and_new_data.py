@@ -19,6 +19,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from compile_counter import COUNTER
 
 import avi
 from avi.data.boundary import convert_arguments
@@ -123,9 +124,11 @@ def test_unknown_attribute_raises() -> None:
 def test_new_data_equal_former_and_model_not_rerun(linear_fit: avi.Fit) -> None:
     x_new = data(5000, 1)
     assert_same(linear_fit, x_new)
-    RUNS["count"] = 0
+    linear_fit.posterior(x_new)
+    RUNS["count"], compiled = 0, COUNTER.count
     posterior = linear_fit.posterior(data(5000, 2))
     assert RUNS["count"] == 0  # same shapes: the compiled program, no trace of the model
+    assert COUNTER.count == compiled  # and no compilation
     assert posterior["z"].batch_shape == (5000,)
     linear_fit.posterior(data(77, 3))
     assert RUNS["count"] == 2  # new shapes: one eager trace (checks), one under jit
