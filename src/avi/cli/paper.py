@@ -184,12 +184,12 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     from avi.paper.bench.runner import run
 
-    run(args.quick, args.out)
+    run(args.quick, args.out, args.only)
     return 0
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``avi bench [--quick] [--out DIR]``."""
+    """Register ``avi bench [--quick] [--only PART ...] [--out DIR]``."""
     parser = subparsers.add_parser(
         "bench",
         help="benchmarks against NumPyro; writes RESULTS.md",
@@ -202,6 +202,14 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="only the grouped-data benchmark (per-step cost against 10^3-10^5 groups; "
         "writes groups.json and GROUPS.md)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["linear", "nonlinear", "new-data", "memory", "cold"],
+        metavar="PART",
+        help="run only these parts (linear, nonlinear, new-data, memory, cold), keeping the "
+        "others' results from DIR/results.json",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks"), metavar="DIR", help="output folder"
