@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from avi.paper.experiments import linear
-from processes import run_processes
+from avi.launch import run_processes
 
 NUM_DATA = 1000
 

@@ -1,5 +1,8 @@
 """Start the same script in several processes on localhost that form one JAX runtime.
 
+For tests and benchmarks of the several-process path on one machine (on several hosts each
+host starts its own process; see the README's "Several processes and hosts").
+
 Each process runs ``script`` with ``sys.argv[1:] = [process_id, num_processes, port, *args]``
 and, when ``num_processes > 1``, joins the others through ``jax.distributed.initialize`` (the
 coordinator on a free localhost port, gloo collectives on the CPU; :data:`PRELUDE`). Every

@@ -17,7 +17,14 @@ import numpy as np
 from jax.sharding import Mesh
 
 from avi.data.rows import check_minibatchable, per_datum_features
-from avi.data.stream import TRACE_ROWS, BatchSource, check_streamable, prefix, streamed_length
+from avi.data.stream import (
+    TRACE_ROWS,
+    BatchSource,
+    check_streamable,
+    local_rows,
+    prefix,
+    streamed_length,
+)
 from avi.errors import ModelError
 from avi.model import Model, TracedModel, trace_model, validate_arguments
 
@@ -133,7 +140,7 @@ def prepare_streamed(
     """Trace on a prefix of memory-mapped data; minibatches are read from the map per chunk,
     each process reading only its devices' rows when the data are split over ``mesh``."""
     num_data = streamed_length(args, kwargs)
-    validate_arguments(args, kwargs)
+    validate_arguments(args, kwargs, local_rows(mesh, num_data))
     args_prefix, kwargs_prefix = prefix(args, kwargs, num_data, TRACE_ROWS)
     on_prefix = trace_model(model, args_prefix, kwargs_prefix, plate=plate)
     check_streamable(on_prefix, args_prefix)

@@ -186,6 +186,13 @@ class BatchSource:
         return self._batch(self._draw(self.rng, (self.chunk_size, self.batch_size)))
 
 
+def local_rows(mesh: Mesh | None, num_data: int) -> slice:
+    """The rows of the file this process's devices hold (all rows for one process)."""
+    mine = local_strata(mesh)
+    block = num_data // (1 if mesh is None else mesh.devices.size)
+    return slice(int(mine[0]) * block, (int(mine[-1]) + 1) * block)
+
+
 def local_strata(mesh: Mesh | None) -> np.ndarray:
     """The positions along the data axis of this process's devices (all of them for one
     process).

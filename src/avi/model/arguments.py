@@ -29,8 +29,15 @@ VALIDATION_BLOCK = 1 << 20
 """Rows checked at a time, so that a memory-mapped argument is never read whole."""
 
 
-def validate_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+def validate_arguments(
+    args: Sequence[Any], kwargs: Mapping[str, Any], rows: slice | None = None
+) -> None:
     """Reject arrays holding NaN or inf, naming the argument.
+
+    Args:
+        args, kwargs: the model's arguments.
+        rows: for memory-mapped arguments, the rows to read and check (a process of several
+            checks only its own share); None: all.
 
     Raises:
         DataError: an argument holds a non-finite value.
@@ -38,9 +45,13 @@ def validate_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     for position, value in _iterate_arguments(args, kwargs):
         if not _is_array(value) or not jnp.issubdtype(jnp.result_type(value), jnp.inexact):
             continue
-        blocks = range(0, len(value), VALIDATION_BLOCK) if np.ndim(value) else [None]
+        low, high = 0, len(value) if np.ndim(value) else 0
+        if rows is not None and isinstance(value, np.memmap):
+            low, high, _ = rows.indices(high)
+        blocks = range(low, high, VALIDATION_BLOCK) if np.ndim(value) else [None]
         for start in blocks:
-            block = np.asarray(value if start is None else value[start : start + VALIDATION_BLOCK])
+            stop = None if start is None else min(start + VALIDATION_BLOCK, high)
+            block = np.asarray(value if start is None else value[start:stop])
             finite = np.isfinite(block)
             if finite.all():
                 continue
