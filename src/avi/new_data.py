@@ -27,6 +27,7 @@ every call (the former path). (A model that cannot run under ``jax.jit`` cannot 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,9 @@ CHUNK = 1024
 """Data per step of the compiled encoder pass: its activations (CHUNK x width floats per layer)
 stay in a core's L2 cache; 1024 to 16384 measured alike, 2^18 and one vmap over 10^6 data
 two to four times slower (MLP width 16, 2 CPU cores)."""
+
+CACHE_SIZE = 16
+"""Argument signatures whose features programs a fit keeps; the least recently used goes first."""
 
 Source = tuple[str, int | str]
 """Where a feature column comes from: ("arg", position), ("kwarg", name) or ("site", name)."""
@@ -180,7 +184,7 @@ class NewDataCache:
     """Compiled features of new data by argument signature (:func:`signature`); a fit holds
     one, so that a second call with arguments of the same shapes does not run the model."""
 
-    programs: dict[Hashable, Features] = field(default_factory=dict)
+    programs: OrderedDict[Hashable, Features] = field(default_factory=OrderedDict)
 
     def features(
         self,
@@ -201,6 +205,7 @@ class NewDataCache:
         key = signature(args, kwargs)
         program = self.programs.get(key) if key is not None else None
         if program is not None:
+            self.programs.move_to_end(key)
             validate_arguments(args, kwargs)
             features, holds = program(args, kwargs)
             if bool(holds):
@@ -218,6 +223,8 @@ class NewDataCache:
         assert bool(holds), "a column plan holds on the data it was made from"
         if key is not None:
             self.programs[key] = program
+            if len(self.programs) > CACHE_SIZE:
+                self.programs.popitem(last=False)
         return features
 
 
