@@ -54,6 +54,12 @@ for name, data, family, batch in [
         "elbo": float(fit.elbo(100, seed=1).mean) if data is x else None,
         "converged": bool(fit.converged),
     }
+try:
+    avi.fit(linear.model, x, family=avi.Factorized(), num_steps=10, progress=False,
+            checkpoint=sys.argv[4] + f".{process_id}.ckpt")
+    out["checkpoint"] = "accepted"
+except avi.AviError as error:
+    out["checkpoint"] = str(error)
 rows = np.concatenate(reads) if reads else np.zeros(0, int)
 out["reads"] = {"count": int(rows.size), "min": int(rows.min()), "max": int(rows.max())}
 out["devices"] = len(jax.devices())
@@ -109,3 +115,9 @@ def test_each_process_reads_only_its_half_of_the_file(runs):
         assert process * half <= out["reads"]["min"] and out["reads"]["max"] < (process + 1) * half
     (one,) = runs["1 process x 2 devices"]
     assert one["reads"]["min"] < half <= one["reads"]["max"]
+
+
+def test_a_checkpoint_is_refused_across_processes_by_name(runs):
+    for out in runs["2 processes x 1 device"]:
+        assert out["checkpoint"].startswith("checkpoint=...: a fit over several processes")
+    assert runs["1 process x 2 devices"][0]["checkpoint"] == "accepted"

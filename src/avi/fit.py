@@ -317,6 +317,12 @@ def fit(
     with latent_control_flow():
         state = algorithm.init(init_key, params)
     checkpointer, resumed = None, None
+    if checkpoint is not None and spans_processes(mesh):
+        raise AviError(
+            "checkpoint=...: a fit over several processes (jax.distributed) cannot be "
+            "checkpointed yet (each process holds only its share of the state); fit without "
+            "checkpoint=, or in one process."
+        )
     if checkpoint is not None:
         checkpointer, state, resumed = _checkpointing(
             checkpoint, checkpoint_interval, state, prepared, model, family,

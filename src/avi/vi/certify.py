@@ -373,15 +373,18 @@ def _dense_curvature(
 dense_curvature = eqx.filter_jit(_dense_curvature)
 
 
-def dense_solve(curvature: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """(G + damping I)^+ r for each row r of ``rhs``, the damping as in the conjugate-gradient
-    path but from G's exact trace; NaN where G is not finite (a factor without a Fisher)."""
+def dense_solver(curvature: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """r -> (G + damping I)^+ r for each row r of its argument, the damping as in the
+    conjugate-gradient path but from G's exact trace; NaN where G is not finite (a factor
+    without a Fisher). The pseudo-inverse is formed once (an eigendecomposition, O(P^3)) and
+    every solve is a product."""
     if not np.all(np.isfinite(curvature)):
-        return np.full(rhs.shape, np.nan)
+        return lambda rhs: np.full(rhs.shape, np.nan)
     curvature = 0.5 * (curvature + curvature.T)
     size = curvature.shape[0]
     damped = curvature + DAMPING * np.trace(curvature) / size * np.eye(size)
-    return (np.linalg.pinv(damped, hermitian=True) @ rhs.T).T
+    inverse = np.linalg.pinv(damped, hermitian=True)
+    return lambda rhs: (inverse @ rhs.T).T
 
 
 def _flat_shared(grad: VariationalParams, shared_keys: tuple[str, ...]) -> jax.Array:
@@ -466,7 +469,7 @@ def certify(
     model_solve: Callable[[np.ndarray], np.ndarray] | None = None
     model_solved: list[np.ndarray] = []
     dense = bool(shared_keys) and _flat_shared(params, shared_keys).size <= DENSE_CURVATURE
-    curvature: np.ndarray | None = None
+    dense_solve: Callable[[np.ndarray], np.ndarray] | None = None
     pending: list[jax.Array] = []
     totals: dict[str, jax.Array] | None = None
     draws = non_finite = 0
@@ -508,12 +511,13 @@ def certify(
         if len(vectors["encoder"]) > len(solved):
             new = np.stack(vectors["encoder"][len(solved) :])
             if dense:
-                if curvature is None:
-                    curvature = np.asarray(
-                        dense_curvature(params, problem, shared_keys, curvature_rows(problem)),
-                        np.float64,
+                if dense_solve is None:
+                    dense_solve = dense_solver(
+                        host_arrays(
+                            dense_curvature(params, problem, shared_keys, curvature_rows(problem))
+                        ).astype(np.float64)
                     )
-                solved.extend(dense_solve(curvature, new.astype(np.float64)))
+                solved.extend(dense_solve(new.astype(np.float64)))
             else:
                 rows = curvature_rows(problem)
                 solved.extend(
