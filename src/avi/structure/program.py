@@ -30,14 +30,13 @@ MAX_SEEDS = 8
 """Random points tried to find NUM_POINTS where every gradient is finite."""
 BATCH = 4
 """Probes vectorised at once (bounds memory on large problems)."""
-COMPILER_OPTIONS = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-    "xla_cpu_use_fusion_emitters": False,
-}
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 """On CPU: the program runs a few times on small arrays, so compiling fast matters, not LLVM's
-optimisations; XLA's older elemental emitters compile the linear model's program (N = 10^4)
-in 0.21 s against 0.46 s for the fusion emitters."""
+optimisations. XLA's older elemental emitters (``xla_cpu_use_fusion_emitters=False``) compiled
+the linear model's program at N = 10^4 in 0.21 s against 0.46 s, but both full test runs with
+them had a worker die of a segmentation fault inside a later XLA compilation (none in the run
+without them, nor in 40 fits alternating with the check in one process): left out until
+that is understood."""
 CACHE_SIZE = 16
 """Compiled programs kept for reuse; the least recently used is dropped first."""
 
