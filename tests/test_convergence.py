@@ -28,7 +28,7 @@ import pytest
 import avi
 from avi.paper.experiments import linear
 from avi.vi.certify import u_statistic
-from avi.vi.certify import certify
+from avi.vi.certify import Tolerances, certify
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -148,6 +148,63 @@ def test_dense_and_conjugate_gradient_curvatures_certify_alike(small_encoder_fit
     (again,) = [b for b in iterative.blocks if b.name == "encoder"]
     assert encoder.gain > 0.01
     assert abs(encoder.gain - again.gain) < 0.1 * encoder.gain, (encoder, again)
+
+
+def _grouped_means(group, num_groups, y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    with numpyro.plate("groups", num_groups):
+        a = numpyro.sample("a", dist.Normal(mu, 0.7))
+    with numpyro.plate("obs", group.shape[0]):
+        numpyro.sample("y", dist.Normal(a[group], 1.0), obs=y)
+
+
+@pytest.mark.parametrize(
+    "case", ["mlp", "given_globals", "full_rank", "window", "groups", "constant", "subset"]
+)
+def test_the_dense_curvature_is_the_gauss_newton_operator_column_by_column(case, linear_data):
+    """G formed row by row (per-row Jacobians, one matrix product per chunk of rows) equals G
+    formed one Jacobian-vector product per parameter through the conjugate-gradient path's
+    operator, for every kind of shared block: an MLP, one given the globals' draws, a
+    full-rank factor, windowed inputs, grouped rows (a set encoder), the constant family and a
+    subset of rows; chunks of a few rows, so the padding of the last chunk is exercised."""
+    from avi.paper.experiments import saw
+
+    module = sys.modules["avi.vi.certify"]
+    x = linear_data[:300]
+    args, kwargs, model = (x,), {}, linear.model
+    family = {
+        "mlp": avi.Amortized(avi.MLP(4)),
+        "given_globals": avi.Amortized(avi.MLP(4), given_globals=True),
+        "full_rank": avi.Amortized(avi.MLP(4), factor=avi.FullRank()),
+        "window": avi.Amortized(avi.MLP(4), inputs=avi.Window((-1, 0))),
+        "groups": avi.Amortized(avi.MLP(4)),
+        "constant": avi.Constant(),
+        "subset": avi.Amortized(avi.MLP(4)),
+    }[case]
+    if case == "window":
+        model, args = saw.model, (saw.simulate(200, seed=1),)
+    if case == "groups":
+        rng = np.random.default_rng(0)
+        group = rng.integers(0, 30, 200).astype(np.int32)
+        model, args, kwargs = _grouped_means, (group, 30), {"y": rng.normal(size=200).astype(np.float32)}
+        kwargs["groups"] = "group"
+    fit = avi.fit(model, *args, family=family, num_steps=30, progress=False, **kwargs)
+    params, problem = fit.params, fit.problem
+    (shared_keys,) = [
+        tuple(k for k in params.local if k not in module._free_keys(problem.family, params.local).values())
+    ]
+    index = jnp.arange(0, problem.local_data.features.shape[0], 3) if case == "subset" else None
+    operator, flat = module._curvature_operator(params, problem, shared_keys, index)
+    columns = np.asarray(jax.lax.map(operator, jnp.eye(flat.size)))
+    outputs = 2 * (2 if case == "full_rank" else 1) * (16 if case == "given_globals" else 1)
+    original = module.JACOBIAN_CHUNK
+    try:
+        module.JACOBIAN_CHUNK = 7 * outputs * flat.size  # chunks of about 7 rows
+        dense = np.asarray(module._dense_curvature(params, problem, shared_keys, index))
+    finally:
+        module.JACOBIAN_CHUNK = original
+    assert dense.shape == (flat.size, flat.size)
+    np.testing.assert_allclose(dense, columns, rtol=2e-4, atol=2e-5 * np.abs(columns).max())
 
 
 def test_a_curvature_on_a_subset_of_the_data_certifies_like_the_full_one(
@@ -332,12 +389,19 @@ def undefined_above(threshold):
 
 
 def test_rare_non_finite_steps_are_counted_and_deny_convergence():
-    """NaN on about 1% of the draws: steps skipped and counted, no back-off, not converged."""
+    """NaN on about 1% of q's mass (P(theta > 0.45) is 1.2% under the fitted q(theta)): steps
+    skipped and counted, no back-off, not converged; and a certificate whose blocks all settle
+    (tolerances made loose) still refuses, having checked FINITE_DRAWS draws of the ELBO (it
+    would certify on its first 64 gradient draws, which miss a 1% region half the time)."""
     x = np.linspace(-1, 1, 20).astype(np.float32)
     with pytest.warns(avi.ConvergenceWarning, match="non-finite|NaN"):
-        fit = avi.fit(undefined_above(0.7), x, family="factorized", max_steps=400, progress=False)
+        fit = avi.fit(undefined_above(0.45), x, family="factorized", max_steps=400, progress=False)
     assert fit.num_skipped > 0 and len(fit.history.backoff) == 0
-    assert not fit.converged and fit.certificate.non_finite > 0
+    assert not fit.converged
+    loose = Tolerances(per_global=1e6, locals_base=1e6)
+    evidence = certify(jax.random.PRNGKey(3), fit.params, fit.problem, tolerances=loose)
+    assert all(b.certified for b in evidence.blocks), evidence
+    assert evidence.non_finite > 0 and not evidence.certified
 
 
 def test_a_density_undefined_on_a_third_of_the_posterior_is_a_divergence():

@@ -95,19 +95,17 @@ def test_a_certified_first_plateau_returns_the_last_iterate(x):
     assert fit.converged and fit.state.average is None and fit.state.averaged == 0
 
 
-def test_after_a_refusal_the_average_is_certified_and_returned_and_beats_the_last_iterate():
+def test_after_a_refusal_the_average_is_certified_and_returned():
     """Without sticking-the-landing the F-VI gradient stays noisy at the optimum, so the
     annealed iterates jitter and the certificate refuses them; from the first refusal on the
     runner averages the chunk ends (and takes 4 draws per step), and the average is what the
-    fit returns. Against the closed form (no Monte Carlo error) it is closer to the optimum
-    than the last iterate (measured at N = 200, 10,000 steps: 0.040 against 0.046 nats; with
-    1 draw per step after the refusal it was 0.067 against 0.119)."""
+    fit returns and what is certified. Against the closed form (no Monte Carlo error) it is
+    within 0.035 nats of the optimum at N = 200 (measured over seeds 0-3: 0.027, 0.046 at
+    max_steps, 0.023, 0.027; the last iterates 0.023, 0.039, 0.024, 0.028: since certificates
+    are asked at geometrically spaced steps, the iterates spend longer at the smallest rate and
+    the last one is about as close as the average; before, when a certificate was asked at
+    every plateau, 10,000 steps gave 0.040 against 0.046)."""
     data = linear.simulate(200, seed=0)
-    last = {}
-
-    def keep(step, params, problem):
-        last["params"] = params
-
     with warnings.catch_warnings():  # certified or not, the average is what comes back
         warnings.simplefilter("ignore", avi.ConvergenceWarning)
         fit = avi.fit(
@@ -116,14 +114,12 @@ def test_after_a_refusal_the_average_is_certified_and_returned_and_beats_the_las
             family="factorized",
             sticking_the_landing=False,
             max_steps=10_000,
-            callback=keep,
             progress=False,
         )
     assert fit.state.averaged > 10, fit.certificate
     assert fit.params is fit.state.average
-    returned, iterate = _exact_shortfall(fit.params, data), _exact_shortfall(last["params"], data)
-    assert 0 <= returned < iterate, (returned, iterate)
-    assert returned < 0.06
+    assert fit.converged and fit.certificate.certified, fit.certificate
+    assert 0 <= _exact_shortfall(fit.params, data) < 0.035
 
 
 def test_the_progress_bar_ends_on_what_happened(capsys):

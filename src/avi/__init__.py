@@ -2,11 +2,16 @@
 
 The analysis names (``compare``, ``sweep``, ``refine``, the diagnostics and plots) are loaded on
 first use (PEP 562 module ``__getattr__``), so that ``import avi`` and a first ``avi.fit`` pay for
-neither pandas nor matplotlib nor ArviZ.
+neither pandas nor matplotlib nor ArviZ. Under jaxlib 0.10.2 it first turns off XLA:CPU's
+experimental ynn fusions, which crash on some of avi's programs (:mod:`avi.xla_flags`).
 """
 
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from avi.xla_flags import avoid_known_crashes
+
+avoid_known_crashes()  # before JAX starts its backend (avi.xla_flags)
 
 from avi import vi
 from avi.amortization_warning import AmortizationWarning, warn_if_not_amortizable

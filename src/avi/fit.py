@@ -56,7 +56,7 @@ from avi.structure import StructureReport, check, minibatch_refusal
 from avi.vi import PlateauRule, fit_keys, run
 from avi.vi.algorithm import default_optimizer, frozen_globals, restrict
 from avi.vi.build import algorithm_for
-from avi.vi.certify import Certificate, certify
+from avi.vi.certify import Certificate, CurvatureCache, certify
 from avi.vi.problem import Problem, VariationalParams
 from avi.vi.checkpoint import Checkpointer, Progress, digest, read_checkpoint
 from avi.vi.runner import Callback, Certifier, Run
@@ -499,6 +499,8 @@ def _certifier(
             seed = int(jax.random.randint(subset_key, (), 0, 2**31 - 1))
             return restrict(on, source.sample(np.random.default_rng(seed), rows))
 
+    curvatures = CurvatureCache()
+
     def certifier(params: VariationalParams, attempt: int) -> Certificate:
         return certify(
             jax.random.fold_in(key, attempt),
@@ -507,6 +509,7 @@ def _certifier(
             sticking_the_landing=sticking_the_landing,
             restrict=subset,
             hold_globals=hold_globals,
+            curvatures=curvatures,
         )
 
     return certifier

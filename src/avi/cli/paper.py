@@ -206,10 +206,11 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["linear", "nonlinear", "new-data", "memory", "cold"],
+        choices=["linear", "nonlinear", "new-data", "memory", "cold", "certified"],
         metavar="PART",
-        help="run only these parts (linear, nonlinear, new-data, memory, cold), keeping the "
-        "others' results from DIR/results.json",
+        help="run only these parts (linear, nonlinear, new-data, memory, cold, certified: the "
+        "default fit with its own stop rule), keeping the others' results from "
+        "DIR/results.json",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks"), metavar="DIR", help="output folder"

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 
 import avi
-from avi.paper.bench import cold, linear, memory, nonlinear, throughput
+from avi.paper.bench import certified, cold, linear, memory, nonlinear, throughput
 from avi.paper.bench.report import PARTS, write_report
 from avi.paper.bench.timing import summarize
 from avi.paper.experiments import linear as linear_model
@@ -105,6 +105,8 @@ def _measure(part: str, quick: bool) -> object:
         return throughput.measure(100_000 if quick else 1_000_000, 3 if quick else 7, not quick)
     if part == "cold":
         return cold.measure(2 if quick else 5)
+    if part == "certified":
+        return certified.measure(sizes, repeats)
     memory_sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
     return [memory.measure(n, family) for n in memory_sizes for family in ("amortized", "factorized")]
 
