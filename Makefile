@@ -17,11 +17,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/avi demo
 
+# A test whose worker process crashed (jaxlib 0.10.2's XLA:CPU aborts now and then inside a
+# compilation; README, Known limits) runs once more; no other failure is rerun: the
+# --only-rerun pattern (?!) matches no error.
+RERUN_CRASHED := --reruns 1 --only-rerun '(?!)'
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -n 2 -q
+	$(BIN)/python -m pytest -m "not slow" -n 2 -q $(RERUN_CRASHED)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -n 2 -q
+	$(BIN)/python -m pytest -m slow -n 2 -q $(RERUN_CRASHED)
 
 # Headless Chromium for the HTML report's browser test (Debian's package; needs root). The test
 # is skipped, saying why, where it cannot be installed; this target never fails the build.

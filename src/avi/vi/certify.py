@@ -640,29 +640,25 @@ def certify(
             draws < cheap_draws and undecided - {"encoder"}
         )
         if non_finite or refused or not more:
-            # the gradient draws' STL values can stay finite where the ELBO itself is not (a
-            # collapsed scale, an overflowing log density): count its non-finite draws too,
-            # over FINITE_DRAWS of them before certifying
-            settled = not non_finite and all(b.certified for b in evidence)
-            check = _finite_check if settled else _elbo_check
-            non_finite += int(np.sum(~np.isfinite(host_arrays(check(key, params, problem)))))
+            if not non_finite and all(b.certified for b in evidence):
+                # the gradient draws' STL values can stay finite where the ELBO itself is not
+                # (a collapsed scale, an overflowing log density): before certifying, count
+                # the non-finite draws of the ELBO too
+                elbos = host_arrays(_finite_check(key, params, problem))
+                non_finite += int(np.sum(~np.isfinite(elbos)))
             mean = {k: jnp.asarray(v / (draws // DRAWS_PER_GROUP)) for k, v in totals.items()}
             step = _natural_step(mean, params) if not non_finite else None
             return Certificate(tuple(evidence), draws, non_finite, step)
 
 
 ELBO_CHECK_DRAWS = 8
-"""Full-data ELBO draws (analytic entropies) every certificate checks for finiteness."""
+"""Full-data ELBO draws (analytic entropies) per program call of the finiteness check."""
 
 FINITE_DRAWS = 512
 """Full-data ELBO draws that must all be finite before a certificate certifies: a region
 holding a share p of q's mass where the ELBO is not defined is missed with probability
 (1 - p)^512, 0.6% for p = 1% (a certificate can otherwise decide on 64 gradient draws, which
-miss it with probability 53%). Refusals check only ELBO_CHECK_DRAWS."""
-
-_elbo_check = eqx.filter_jit(
-    lambda key, params, problem: elbo_draws(key, params, problem, None, ELBO_CHECK_DRAWS)
-)
+miss it with probability 53%). A refusal does not check: the fit is not certified anyway."""
 
 _finite_check = eqx.filter_jit(
     lambda key, params, problem: jax.lax.map(
