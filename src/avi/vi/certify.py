@@ -643,27 +643,33 @@ def certify(
             if not non_finite and all(b.certified for b in evidence):
                 # the gradient draws' STL values can stay finite where the ELBO itself is not
                 # (a collapsed scale, an overflowing log density): before certifying, count
-                # the non-finite draws of the ELBO too
-                elbos = host_arrays(_finite_check(key, params, problem))
-                non_finite += int(np.sum(~np.isfinite(elbos)))
+                # the non-finite draws of the ELBO too, up to FINITE_DRAWS draws in all
+                batches = max(1, -(-(FINITE_DRAWS - draws) // FINITE_BATCH))
+                for batch_key in jax.random.split(key, batches):
+                    elbos = host_arrays(_finite_check(batch_key, params, problem))
+                    non_finite += int(np.sum(~np.isfinite(elbos)))
             mean = {k: jnp.asarray(v / (draws // DRAWS_PER_GROUP)) for k, v in totals.items()}
             step = _natural_step(mean, params) if not non_finite else None
             return Certificate(tuple(evidence), draws, non_finite, step)
 
 
 ELBO_CHECK_DRAWS = 8
-"""Full-data ELBO draws (analytic entropies) per program call of the finiteness check."""
+"""Full-data ELBO draws (analytic entropies) held at once by the finiteness check."""
+
+FINITE_BATCH = 64
+"""Full-data ELBO draws per call of the finiteness check (one compiled program)."""
 
 FINITE_DRAWS = 512
-"""Full-data ELBO draws that must all be finite before a certificate certifies: a region
-holding a share p of q's mass where the ELBO is not defined is missed with probability
-(1 - p)^512, 0.6% for p = 1% (a certificate can otherwise decide on 64 gradient draws, which
-miss it with probability 53%). A refusal does not check: the fit is not certified anyway."""
+"""Full-data draws, the certificate's gradient draws included, that must all be finite before
+a certificate certifies, and at least FINITE_BATCH of the ELBO itself: a region holding a
+share p of q's mass where the model's density is not defined is missed with probability
+(1 - p)^512, 0.6% for p = 1% (a certificate can decide on 64 gradient draws, which miss it
+with probability 53%). A refusal does not check: the fit is not certified anyway."""
 
 _finite_check = eqx.filter_jit(
     lambda key, params, problem: jax.lax.map(
         lambda k: elbo_draws(k, params, problem, None, ELBO_CHECK_DRAWS),
-        jax.random.split(key, FINITE_DRAWS // ELBO_CHECK_DRAWS),
+        jax.random.split(key, FINITE_BATCH // ELBO_CHECK_DRAWS),
     )
 )
 
