@@ -347,7 +347,7 @@ def fit(
         if spans_processes(mesh):
             # Every process gets the whole result: the same fit everywhere, readable on the host.
             if result.certificate is None and result.reason != "interrupted":
-                result = result._replace(certificate=certifier(result.state.params, 0))
+                result = result._replace(certificate=certifier(result.state.params, 0, False))
             problem, result = gathered(problem), result._replace(state=gathered(result.state))
         return Fit(
             traced=prepared.traced,
@@ -501,7 +501,7 @@ def _certifier(
 
     curvatures = CurvatureCache()
 
-    def certifier(params: VariationalParams, attempt: int) -> Certificate:
+    def certifier(params: VariationalParams, attempt: int, provisional: bool) -> Certificate:
         return certify(
             jax.random.fold_in(key, attempt),
             params,
@@ -510,6 +510,7 @@ def _certifier(
             restrict=subset,
             hold_globals=hold_globals,
             curvatures=curvatures,
+            provisional=provisional,
         )
 
     return certifier

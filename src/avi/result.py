@@ -132,7 +132,7 @@ class Fit:
                     "num_steps computes it on first use) and the training data are not saved: "
                     "read fit.certificate (or fit.converged) before fit.save to keep it."
                 )
-            self.known_certificate = self.certifier(self.params, 0)
+            self.known_certificate = self.certifier(self.params, 0, False)
         return self.known_certificate
 
     @property

@@ -53,13 +53,15 @@ def test_nonlinear_gap_against_a_reference_that_no_encoder_beats(
 ):
     """F-VI at the quick budget sits below the wide encoders (Prop. 2.1 forbids that at its
     optimum), so it is refined from the best of them; against that reference no encoder wins,
-    the narrow ones stay hundreds of nats open, the wide ones a few nats: the paper's "closes
-    from width 4" does not hold at this size (measured: F-VI lifted 7.6 nats; widths 4-32 open
-    by 1.7-5.9 nats, `avi reproduce nonlinear --size quick`, seeds 0-1)."""
+    the narrow ones stay open, wider than every wide one, which are a few nats open: the
+    paper's "closes from width 4" does not hold at this size. Measured (seeds 0-1, encoders at
+    equinox's default law drawn by NumPy): constant 278 nats, widths 1 and 2 122 and 9.7,
+    widths 4-32 2.4-4.6; with the same law drawn by JAX width 2 stayed hundreds of nats open
+    and widths 4-32 1.7-5.9: which local optimum a width-2 MLP reaches depends on its start."""
     summary = quick_summary("nonlinear")
     narrow = ["constant", "A-VI MLP k=1", "A-VI MLP k=2"]
     wide = [f"A-VI MLP k={k}" for k in (4, 8, 16, 32)]
     assert summary.loc[REFERENCE_LABEL, "reference_lift"] > 0
     assert verdicts(summary, narrow) == ["open"] * 3
     assert set(verdicts(summary, wide)) <= {"open", "closed", "seeds disagree"}
-    assert summary.loc[wide, "gap"].max() < 0.1 * summary.loc[narrow, "gap"].min()
+    assert summary.loc[wide, "gap"].max() < summary.loc[narrow, "gap"].min()

@@ -27,8 +27,9 @@ upwards by the estimate's noise. The certificate therefore averages the gradient
 independent draws and uses the U-statistic of cross products between *different* groups,
 1/2 g_i^T G^+ g_j (i != j), which is unbiased for Delta; its standard error is a jackknife over
 groups. A block is certified when estimate + 2 se <= its tolerance; draws are added in rounds
-while the verdict is undecided, and stop as soon as one block is refused (estimate - 2 se above
-its tolerance): the fit is then not converged whatever the others show. Every draw uses the full data (or, streamed, a fresh random
+while the verdict is undecided; a provisional certificate (the runner's, deciding whether to go
+on) stops as soon as one block is refused (estimate - 2 se above its tolerance): the fit is
+then not converged whatever the others show. Every draw uses the full data (or, streamed, a fresh random
 subset: still unbiased), so minibatch noise does not hide the globals.
 """
 
@@ -505,6 +506,7 @@ def certify(
     restrict: Callable[[jax.Array, Problem], Problem] | None = None,
     hold_globals: bool = False,
     curvatures: CurvatureCache | None = None,
+    provisional: bool = False,
 ) -> Certificate:
     """The per-block certificate of ``params`` (see the module docstring).
 
@@ -527,6 +529,10 @@ def certify(
             gained by moving what may not move.
         curvatures: where the encoder's dense curvature is kept between the certificates of
             one fit (None: formed anew).
+        provisional: stop adding draws as soon as one block is refused (its gain - 2 stderr
+            above its tolerance), as a fit's runner does to decide whether to go on; the other
+            blocks' verdicts may then stay undecided. False: every block is decided (or runs
+            out of draws), the evidence a fit reports.
     """
     layout = problem.layout
     free_keys = _free_keys(problem.family, params.local)
@@ -639,7 +645,7 @@ def certify(
         more = (draws < max_draws and undecided) or (
             draws < cheap_draws and undecided - {"encoder"}
         )
-        if non_finite or refused or not more:
+        if non_finite or (refused and provisional) or not more:
             if not non_finite and all(b.certified for b in evidence):
                 # the gradient draws' STL values can stay finite where the ELBO itself is not
                 # (a collapsed scale, an overflowing log density): before certifying, count

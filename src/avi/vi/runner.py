@@ -36,9 +36,10 @@ from avi.vi.stop import PlateauRule
 Callback = Callable[[int, VariationalParams, Problem], bool | None]
 """``callback(step, params, problem)`` after every chunk; a true return value stops the fit."""
 
-Certifier = Callable[[VariationalParams, int], Certificate]
-"""``certifier(params, attempt)``: the convergence certificate of ``params`` (its draws keyed
-by the attempt number)."""
+Certifier = Callable[[VariationalParams, int, bool], Certificate]
+"""``certifier(params, attempt, provisional)``: the convergence certificate of ``params`` (its
+draws keyed by the attempt number); a provisional one may stop at its first refused block
+(:func:`avi.vi.certify`), the runner's when the rule fires; the one a fit ends with is not."""
 
 EVALUATION_DRAWS = 4
 """Draws of the stop rule's fixed-noise ELBO evaluation."""
@@ -402,14 +403,14 @@ def run(
                             reason = "converged"
                             break
                         candidate = _candidate(state)
-                        certificate, certified_at = certifier(candidate, attempts), done
+                        certificate, certified_at = certifier(candidate, attempts, True), done
                         attempts += 1
                         if _globals_unsettled(certificate) and certificate.natural_step is not None:
                             # Adam's stationary jitter on q(theta): take the natural-gradient
                             # step of the averaged gradient and certify anew; keep it only if
                             # the certified gain left went down.
                             params = apply_natural_step(candidate, certificate.natural_step)
-                            stepped = certifier(params, attempts)
+                            stepped = certifier(params, attempts, True)
                             attempts += 1
                             if _gain_left(stepped) < _gain_left(certificate):
                                 certificate, candidate = stepped, params
@@ -437,8 +438,8 @@ def run(
                     checkpointer.write(state, snapshot())
             if rule is not None and reason != "converged":
                 state = state._replace(params=_candidate(state))
-                if certifier is not None and certified_at != done:
-                    certificate = certifier(state.params, attempts)
+                if certifier is not None:  # every block decided, not the provisional verdict
+                    certificate = certifier(state.params, attempts, False)
                 if reason == "max_steps" and certificate is not None and certificate.certified:
                     reason = "converged"
             _final_line(bar, done, reason, rule is not None)
