@@ -73,7 +73,7 @@ SCRIPTS = {
         "Trace_ELBO())\n"
         f"result = svi.run(jax.random.PRNGKey(0), {STEPS}, x, progress_bar=False)\n"
         "jax.block_until_ready(result.params)\n",
-        """
+        f"""
 import sys
 p = result.params
 np.savez(sys.argv[1], theta=np.r_[p["theta_auto_loc"], p["theta_auto_scale"]],
@@ -118,7 +118,7 @@ def run_once(name: str) -> dict[str, float]:
     rng = np.random.default_rng(0)
     x = 1.155 * rng.standard_normal(NUM_DATA) + 2.43 * rng.standard_normal(NUM_DATA)
     x = x.astype(np.float32)
-    theta = linear.Gaussian(saved["theta"][:1].astype(np.float64), saved["theta"][1:] ** 2.0)
+    theta = linear.Gaussian(float(saved["theta"][0]), float(saved["theta"][1]) ** 2)
     z = linear.Gaussian(saved["z_mean"].astype(np.float64), saved["z_sd"].astype(np.float64) ** 2)
     gap = linear.factorized_optimum(x).elbo - linear.elbo(x, theta, z)
     return {

@@ -359,7 +359,9 @@ def write_report(results: dict, out: Path) -> None:
         ],
         "",
         "Medians, with the minimum and maximum in brackets; 'process': launch to exit, the "
-        "interpreter's start included; 'gap': the exact gap of the fitted moments to the "
+        "interpreter's start included, and the untimed work after the fit (saving the moments; "
+        "for avi's fixed-step fit, its certificate, computed on demand); 'gap': the exact gap "
+        "of the fitted moments to the "
         "closed-form F-VI optimum (computed after the timed fit); 'certified': the share of "
         "runs whose certificate certified the fit.",
         "",

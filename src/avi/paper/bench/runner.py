@@ -126,6 +126,7 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict:
             "repeats": repeats,
             "budget": budget,
         }
+    out.mkdir(parents=True, exist_ok=True)
     for part in only or list(PARTS):
         print(part, flush=True)
         part_start = time.perf_counter()
@@ -137,9 +138,10 @@ def run(quick: bool, out: Path, only: list[str] | None = None) -> dict:
                 "machine": machine(),
                 "seconds": time.perf_counter() - part_start,
             }
+            # each part kept as soon as it is measured: a later part's failure loses nothing
+            (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     if not only:
         results["seconds"] = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     write_report(results, out)
     return results
