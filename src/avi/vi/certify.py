@@ -568,11 +568,12 @@ def certify(
         key, round_key, subset_key = jax.random.split(key, 3)
         keys = jax.random.split(round_key, groups_per_round * DRAWS_PER_GROUP)
         keys = keys.reshape(groups_per_round, DRAWS_PER_GROUP, *keys.shape[1:])
-        options = (
-            sticking_the_landing,
+        options = (  # the same program every round (the shared block's rows are dropped
+            sticking_the_landing,  # here past max_draws, not left out of the program)
             tuple((name, free_keys[name]) for name in free),
-            shared_keys if draws < max_draws else (),
+            shared_keys,
         )
+        solving = bool(shared_keys) and draws < max_draws
         if restrict is None:
             rounds = [round_evidence(keys, params, problem, *options)]
         else:  # each group on a fresh subset of the streamed data
@@ -581,7 +582,6 @@ def certify(
                 round_evidence(keys[g : g + 1], params, restrict(subsets[g], problem), *options)
                 for g in range(groups_per_round)
             ]
-        solving = bool(options[2])
         for group in rounds:
             group = host_arrays(group)
             non_finite += int(group.non_finite.sum())
@@ -650,33 +650,30 @@ def certify(
                 # the gradient draws' STL values can stay finite where the ELBO itself is not
                 # (a collapsed scale, an overflowing log density): before certifying, count
                 # the non-finite draws of the ELBO too, up to FINITE_DRAWS draws in all
-                batches = max(1, -(-(FINITE_DRAWS - draws) // FINITE_BATCH))
-                for batch_key in jax.random.split(key, batches):
-                    elbos = host_arrays(_finite_check(batch_key, params, problem))
-                    non_finite += int(np.sum(~np.isfinite(elbos)))
+                batches = max(1, -(-(FINITE_DRAWS - draws) // ELBO_CHECK_DRAWS))
+            else:  # as every certificate: a few draws of the ELBO itself (one program)
+                batches = 1
+            for batch in range(batches):
+                elbos = host_arrays(_elbo_check(jax.random.fold_in(key, batch), params, problem))
+                non_finite += int(np.sum(~np.isfinite(elbos)))
             mean = {k: jnp.asarray(v / (draws // DRAWS_PER_GROUP)) for k, v in totals.items()}
             step = _natural_step(mean, params) if not non_finite else None
             return Certificate(tuple(evidence), draws, non_finite, step)
 
 
 ELBO_CHECK_DRAWS = 8
-"""Full-data ELBO draws (analytic entropies) held at once by the finiteness check."""
-
-FINITE_BATCH = 64
-"""Full-data ELBO draws per call of the finiteness check (one compiled program)."""
+"""Full-data ELBO draws (analytic entropies) per call of the finiteness check; every
+certificate makes at least one call."""
 
 FINITE_DRAWS = 512
 """Full-data draws, the certificate's gradient draws included, that must all be finite before
-a certificate certifies, and at least FINITE_BATCH of the ELBO itself: a region holding a
-share p of q's mass where the model's density is not defined is missed with probability
-(1 - p)^512, 0.6% for p = 1% (a certificate can decide on 64 gradient draws, which miss it
-with probability 53%). A refusal does not check: the fit is not certified anyway."""
+a certificate certifies (calls of the ELBO check make up the rest): a region holding a share p
+of q's mass where the model's density is not defined is missed with probability (1 - p)^512,
+0.6% for p = 1% (a certificate can decide on 64 gradient draws, which miss it with
+probability 53%)."""
 
-_finite_check = eqx.filter_jit(
-    lambda key, params, problem: jax.lax.map(
-        lambda k: elbo_draws(k, params, problem, None, ELBO_CHECK_DRAWS),
-        jax.random.split(key, FINITE_BATCH // ELBO_CHECK_DRAWS),
-    )
+_elbo_check = eqx.filter_jit(
+    lambda key, params, problem: elbo_draws(key, params, problem, None, ELBO_CHECK_DRAWS)
 )
 
 
