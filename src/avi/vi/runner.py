@@ -62,7 +62,7 @@ CERTIFY_GROWTH = 1.5
 """After a certificate refused the fit at step k, the next is asked no earlier than step
 1.5 k, however soon the rule fires again. A certificate costs hundreds of full-data gradients
 (and, for an encoder, its curvature): asked at every plateau it can cost more than the steps
-(nine refusals, 28 of 37 s for the default amortized fit of the linear model at N = 10^4).
+(nine refusals, 27 of 38 s of the first default amortized fit of the linear model at N = 10^4).
 With geometric spacing a fit takes at most 1.5 times the steps it needed, plus a number of
 certificates logarithmic in them; the spacing counts steps, not seconds, so a fit is the same
 on every machine."""
