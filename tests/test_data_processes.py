@@ -53,6 +53,7 @@ for name, data, family, batch in [
         "local_scale": np.asarray(scale).ravel().tolist(),
         "elbo": float(fit.elbo(100, seed=1).mean) if data is x else None,
         "converged": bool(fit.converged),
+        "blocks": {b.name: [b.size, b.gain, b.stderr] for b in fit.certificate.blocks},
     }
 try:
     avi.fit(linear.model, x, family=avi.Factorized(), num_steps=10, progress=False,
@@ -101,6 +102,20 @@ def test_two_processes_take_the_steps_of_one_process_with_two_devices(runs, name
     if many[name]["elbo"] is not None:
         assert abs(many[name]["elbo"] - one[name]["elbo"]) < 1e-2
     assert many[name]["converged"] == one[name]["converged"]
+
+
+@pytest.mark.parametrize("name", FITS)
+def test_the_certificate_is_the_one_of_one_process(runs, name):
+    """Each process keeps only its rows' share of the per-datum tables' gradient draws and the
+    certificate's inner products are added across processes: the evidence is one process's
+    (the same draws; float rounding apart)."""
+    (many,), (one,) = runs["2 processes x 1 device"][:1], runs["1 process x 2 devices"]
+    assert many[name]["blocks"].keys() == one[name]["blocks"].keys()
+    for block, (size, gain, stderr) in one[name]["blocks"].items():
+        other_size, other_gain, other_stderr = many[name]["blocks"][block]
+        assert other_size == size
+        assert other_gain == pytest.approx(gain, rel=1e-3, abs=1e-6 * size)
+        assert other_stderr == pytest.approx(stderr, rel=1e-3, abs=1e-6 * size)
 
 
 def test_full_batch_f_vi_agrees_with_one_device(runs):

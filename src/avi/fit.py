@@ -284,11 +284,13 @@ def fit(
             model, args, kwargs, plate, batch_size, chunk_size, seed, mesh
         )
     else:
-        tables = bool(family.table_keys)
-        prepared = prepare_in_memory(model, args, kwargs, plate, tables, batch_size)
+        prepared = prepare_in_memory(
+            model, args, kwargs, plate, bool(family.table_keys), batch_size, devices,
+            rowwise=getattr(family, "inputs", None) is None,
+        )
         if prepared.batch_size is not None:
             prepared = _unless_summarised(prepared, batch_size, report, plate)
-        mesh = data_mesh(devices, prepared.traced.layout.num_data)
+        mesh = prepared.mesh
     layout = prepared.traced.layout
     _check_options(layout.num_data, num_steps, max_steps, tol, batch_size, num_particles)
     kl_warmup = non_negative_int("kl_warmup", kl_warmup)
@@ -312,6 +314,8 @@ def fit(
         kl_warmup,
         num_strata(mesh, prepared.batch_size),
     )
+    if mesh is not None:  # the data split before the start is computed on them
+        algorithm = shard_rows(algorithm, layout.num_data, mesh)
     init_key, run_key, check_key = fit_keys(seed)
     params = None if init is None else _checked_init(init, algorithm.initial_params(init_key))
     with latent_control_flow():
@@ -332,7 +336,6 @@ def fit(
             int(num_steps) if num_steps is not None else int(max_steps),
         )
     if mesh is not None:
-        algorithm = shard_rows(algorithm, layout.num_data, mesh)
         state = shard_rows(state, layout.num_data, mesh)
     rule = PlateauRule(tol, stages=3 if anneal else 1) if num_steps is None else None
     certifier = _certifier(

@@ -61,17 +61,25 @@ def slice_arguments(
 
 
 def per_datum_features(
-    traced: TracedModel, args: Sequence[Any], kwargs: Mapping[str, Any]
+    traced: TracedModel,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    rows: slice = slice(None),
 ) -> np.ndarray:
     """The encoder's raw input: each datum's per-datum arguments and observed values, flattened.
 
-    Observed values that are the same array as a per-datum argument are taken once.
+    Observed values that are the same array as a per-datum argument are taken once (decided
+    on all rows, so that every slice of rows has the same columns).
 
     For a grouped model (:mod:`avi.data.groups`) the input of a set encoder: (J, S, 1 + F),
     channel 0 the row mask (see :func:`avi.data.groups.group_features`).
 
+    Args:
+        rows: the data whose features are wanted (all by default); only those rows of the
+            arguments are read and converted.
+
     Returns:
-        (N, F) float array, N the data plate's size for these arguments.
+        (n, F) float array, n the number of ``rows`` of the data plate.
     """
     layout = traced.layout
     num_data = layout.num_data
@@ -83,18 +91,26 @@ def per_datum_features(
             for k in layout.per_datum_kwargs
             if k not in spec.row_kwargs and k != ROW_MASK
         ]
-        return group_features(spec, args, kwargs, group_level, traced.observed_values)
-    columns: list[np.ndarray] = [
-        np.asarray(args[i], dtype=np.float32).reshape(num_data, -1) for i in layout.per_datum_args
-    ]
-    columns += [
-        np.asarray(kwargs[k], dtype=np.float32).reshape(num_data, -1)
-        for k in layout.per_datum_kwargs
-    ]
+        return group_features(spec, args, kwargs, group_level, traced.observed_values)[rows]
+    inputs = [args[i] for i in layout.per_datum_args]
+    inputs += [kwargs[k] for k in layout.per_datum_kwargs]
     for value in traced.observed_values.values():
-        column = np.asarray(value, dtype=np.float32).reshape(num_data, -1)
-        if not any(c.shape == column.shape and np.array_equal(c, column) for c in columns):
-            columns.append(column)
+        if not any(_same_column(a, value, num_data) for a in inputs):
+            inputs.append(value)
+    count = len(range(num_data)[rows])
+    columns = [np.asarray(a[rows], dtype=np.float32).reshape(count, -1) for a in inputs]
     if not columns:
-        return np.zeros((num_data, 0), dtype=np.float32)
+        return np.zeros((count, 0), dtype=np.float32)
     return np.concatenate(columns, axis=1)
+
+
+def _same_column(a: Any, b: Any, num_data: int, block: int = 65536) -> bool:
+    """Whether two per-datum arrays give the same float32 feature columns (read in blocks
+    of rows, so no whole copy is made)."""
+    if np.size(a) != np.size(b):
+        return False
+    column = lambda v, s: np.asarray(v[s], dtype=np.float32).reshape(len(range(num_data)[s]), -1)
+    return all(
+        np.array_equal(column(a, s), column(b, s))
+        for s in (slice(i, i + block) for i in range(0, num_data, block))
+    )

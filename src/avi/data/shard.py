@@ -71,17 +71,44 @@ def num_strata(mesh: Mesh | None, batch_size: int | None) -> int:
 
 
 def shard_rows(tree: Any, num_data: int, mesh: Mesh) -> Any:
-    """Place per-datum leaves (leading axis N) along the mesh, replicate the others."""
+    """Place per-datum leaves (leading axis N) along the mesh, replicate the others.
+
+    Across several processes every process converts and sends only its devices' rows of a
+    leaf (``jax.make_array_from_callback``; NumPy leaves are read only there), and no
+    collective checks that the processes passed equal values: they run the same script on the
+    same arguments. A leaf already placed as asked is kept.
+    """
     rows = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
+    several = spans_processes(mesh)
 
     def place(leaf: Any) -> Any:
         if not isinstance(leaf, jax.Array | np.ndarray):
             return leaf
         per_datum = np.ndim(leaf) >= 1 and np.shape(leaf)[0] == num_data
-        return jax.device_put(leaf, rows if per_datum else replicated)
+        sharding = rows if per_datum else replicated
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf
+        if not several:
+            return jax.device_put(leaf, sharding)
+        dtype = jax.dtypes.canonicalize_dtype(leaf.dtype)
+        return jax.make_array_from_callback(
+            np.shape(leaf), sharding, lambda index: np.asarray(leaf[index], dtype=dtype)
+        )
 
     return jax.tree_util.tree_map(place, tree)
+
+
+def process_rows(tree: Any, num_data: int, mesh: Mesh) -> Any:
+    """Every leaf of ``tree``, this process's rows of per-datum arrays of N rows, as its part
+    of the global array split along the mesh (``jax.make_array_from_process_local_data``)."""
+    rows = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.make_array_from_process_local_data(
+            rows, np.asarray(leaf), (num_data, *np.shape(leaf)[1:])
+        ),
+        tree,
+    )
 
 
 def spans_processes(mesh: Mesh | None) -> bool:
@@ -104,6 +131,40 @@ def gathered(tree: Any) -> Any:
         return leaf
 
     return jax.tree_util.tree_map(local, tree)
+
+
+def summed_over_processes(value: np.ndarray, several: bool) -> np.ndarray:
+    """``value`` added over the processes (``several``; a collective: every process calls it
+    with the same shape), or ``value`` itself within one process."""
+    if not several:
+        return value
+    return np.sum(multihost_utils.process_allgather(np.asarray(value)), axis=0)
+
+
+def owned_part(array: jax.Array) -> np.ndarray:
+    """The entries of ``array`` that this process owns, as a host array (m, d_local) of its
+    leading axis (which must not be split) by the rest flattened; the whole array within one
+    process. Every entry is owned by exactly one process (the lowest-numbered device holding
+    it), so sums over entries, e.g. inner products of rows, add up across processes
+    (:func:`summed_over_processes`) to the whole array's, and no process holds more than its
+    devices' share."""
+    if array.is_fully_addressable:
+        whole = np.asarray(array)
+        return whole.reshape(whole.shape[0], -1)
+    block = lambda index: tuple((s.start, s.stop) for s in index)
+    owners: dict[tuple, jax.Device] = {}
+    for device, index in array.sharding.devices_indices_map(array.shape).items():
+        if block(index) not in owners or device.id < owners[block(index)].id:
+            owners[block(index)] = device
+    pieces = sorted(
+        (block(shard.index), np.asarray(shard.data))
+        for shard in array.addressable_shards
+        if owners[block(shard.index)] == shard.device
+    )
+    if any(piece.shape[0] != array.shape[0] for _, piece in pieces):
+        raise ValueError("owned_part: the leading axis of the array is split over devices")
+    flat = [piece.reshape(piece.shape[0], -1) for _, piece in pieces]
+    return np.concatenate(flat, axis=1) if flat else np.zeros((array.shape[0], 0), array.dtype)
 
 
 def host_arrays(tree: Any) -> Any:

@@ -15,11 +15,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from avi.data.batch import StreamedRows
-from avi.data.shard import DATA_AXIS
+from avi.data.shard import DATA_AXIS, spans_processes, summed_over_processes
 from avi.errors import DataError, ModelError
 from avi.model import ModelLayout, TracedModel
 
@@ -141,8 +140,7 @@ class BatchSource:
         rows = next(iter([*args.values(), *kwargs.values()])).shape[0]
         raw = _flatten(args, kwargs, rows).astype(np.float64)
         sums = np.stack([np.full(raw.shape[1], rows, np.float64), raw.sum(0), (raw**2).sum(0)])
-        if self.mesh is not None and jax.process_count() > 1:
-            sums = np.sum(multihost_utils.process_allgather(sums), axis=0)
+        sums = summed_over_processes(sums, spans_processes(self.mesh))
         total, first, second = sums
         mean = first / total
         std = np.sqrt(np.maximum(second / total - mean**2, 0.0))

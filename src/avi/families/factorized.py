@@ -47,7 +47,11 @@ class Factorized:
     def init(
         self, key: jax.Array, data: LocalData, local_dim: int, global_dim: int = 0
     ) -> dict[str, jax.Array]:
-        return _rows(self.factor.init(local_dim), data.features.shape[0])
+        # added to zeros laid out like the data: split over devices as they are, so that each
+        # device (and process) creates only its own rows
+        zeros = jnp.zeros_like(data.free_slot, dtype=jnp.float32)
+        start = self.factor.init(local_dim)
+        return {k: zeros.reshape(-1, *(1,) * jnp.ndim(v)) + v for k, v in start.items()}
 
     def local_params(
         self,

@@ -13,7 +13,7 @@ import optax
 from avi.data.boundary import convert_arguments
 from avi.data.groups import group_data
 from avi.data.prepare import Prepared, prepare_in_memory
-from avi.data.shard import data_mesh, num_strata, shard_rows
+from avi.data.shard import num_strata, shard_rows
 from avi.errors import AviError
 from avi.families import Family, as_family
 from avi.families.window import check_reach
@@ -111,9 +111,11 @@ def build(
     devices = check_devices(devices)
     sticking_the_landing = check_bool("sticking_the_landing", sticking_the_landing)
     family = as_family(family)
-    prepared = prepare_in_memory(model, args, kwargs, plate, bool(family.table_keys), batch_size)
-    num_data = prepared.traced.layout.num_data
-    mesh = data_mesh(devices, num_data)
+    prepared = prepare_in_memory(
+        model, args, kwargs, plate, bool(family.table_keys), batch_size, devices,
+        rowwise=getattr(family, "inputs", None) is None,
+    )
+    num_data, mesh = prepared.traced.layout.num_data, prepared.mesh
     algorithm = algorithm_for(
         prepared,
         family,

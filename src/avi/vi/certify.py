@@ -47,7 +47,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from scipy.linalg import cho_factor, cho_solve
 
-from avi.data.shard import host_arrays
+from avi.data.shard import host_arrays, owned_part, summed_over_processes
 from avi.families.factor import fisher_product
 from avi.families.factor import natural_units as factor_units
 from avi.families.protocol import factors_given, given_globals
@@ -207,8 +207,8 @@ class GroupEvidence(NamedTuple):
     Attributes:
         moved: q(theta)'s mean gradient (for the natural step).
         globals: it in natural units (empty without globals).
-        tables: the free per-datum factors' gradients in natural units, flattened (empty
-            without them).
+        tables: the free per-datum factors' gradients in natural units, (B, P) for B factors
+            of P parameters ((0, 0) without them).
         shared: the shared local parameters' gradient, flattened (empty without them).
         model: the learned model parameters' gradient, flattened (empty without them).
         non_finite: draws left out as not finite.
@@ -237,11 +237,11 @@ def _round_evidence(
     def group(group_keys: jax.Array) -> GroupEvidence:
         grad, bad = _group_gradient(group_keys, params, problem, stl)
         units = _global_units(grad, params) if problem.layout.global_dim else jnp.zeros(0)
-        tables = jnp.zeros(0)
+        tables = jnp.zeros((0, 0))
         if free_keys:
             free = {name: params.local[k] for name, k in free_keys}
             grads = {name: grad.local[k] for name, k in free_keys}
-            tables = factor_units(problem.family.factor, free, grads).ravel()
+            tables = factor_units(problem.family.factor, free, grads)
         shared = _flat_shared(grad, shared_keys) if shared_keys else jnp.zeros(0)
         moved = {"global_loc": grad.global_loc, "global_log_scale": grad.global_log_scale}
         model = ravel_pytree(grad.model)[0] if grad.model else jnp.zeros(0)
@@ -476,18 +476,32 @@ def _flat_shared(grad: VariationalParams, shared_keys: tuple[str, ...]) -> jax.A
     return ravel_pytree(eqx.filter(shared, eqx.is_inexact_array))[0]
 
 
-def u_statistic(left: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+def u_statistic(
+    left: np.ndarray, right: np.ndarray, several: bool = False
+) -> tuple[float, float]:
     """Mean of the off-diagonal entries of the symmetric matrix of cross products
     S = 1/4 (L R^T + R L^T) of the groups' rows, with its jackknife (leave one group out)
-    standard error; in O(m d) for m groups of d numbers (S is never formed)."""
+    standard error; in O(m d) for m groups of d numbers (S is never formed).
+
+    With ``several`` processes each holding its own columns of L and R
+    (:func:`avi.data.shard.owned_part`), the inner products are added across them (a
+    collective) and every process gets the whole rows' statistic."""
     m = left.shape[0]
     sum_left, sum_right = left.sum(axis=0), right.sum(axis=0)
-    diagonal = 0.5 * np.einsum("ij,ij->i", left, right)
-    total = 0.5 * sum_left @ sum_right - diagonal.sum()
+    products = np.concatenate(
+        [
+            [0.5 * sum_left @ sum_right],
+            0.5 * np.einsum("ij,ij->i", left, right),
+            0.25 * (left @ sum_right + right @ sum_left),
+        ]
+    )
+    products = summed_over_processes(products, several)
+    cross, diagonal, row = products[0], products[1 : m + 1], products[m + 1 :]
+    total = cross - diagonal.sum()
     estimate = total / (m * (m - 1))
     if m < 3:
         return float(estimate), math.inf
-    row_sums = 0.25 * (left @ sum_right + right @ sum_left) - diagonal
+    row_sums = row - diagonal
     leave_out = (total - 2 * row_sums) / ((m - 1) * (m - 2))
     stderr = math.sqrt((m - 1) / m * np.sum((leave_out - leave_out.mean()) ** 2))
     return float(estimate), float(stderr)
@@ -564,6 +578,8 @@ def certify(
     pending: list[jax.Array] = []
     totals: dict[str, jax.Array] | None = None
     draws = non_finite = 0
+    several = False  # whether the tables' units are split over several processes
+    sizes: dict[str, int] = {}  # a block's numbers per group, where a process holds a part
     while True:
         key, round_key, subset_key = jax.random.split(key, 3)
         keys = jax.random.split(round_key, groups_per_round * DRAWS_PER_GROUP)
@@ -583,7 +599,12 @@ def certify(
                 for g in range(groups_per_round)
             ]
         for group in rounds:
-            group = host_arrays(group)
+            # the per-datum tables' units stay split: each process keeps the entries it owns
+            several = several or not group.tables.is_fully_addressable
+            sizes[table_name] = math.prod(group.tables.shape[1:])
+            group = host_arrays(group._replace(tables=None))._replace(
+                tables=owned_part(group.tables)
+            )
             non_finite += int(group.non_finite.sum())
             moved = {k: v.sum(axis=0) for k, v in group.moved.items()}
             totals = moved if totals is None else {k: totals[k] + moved[k] for k in moved}
@@ -632,8 +653,9 @@ def certify(
                 right = np.asarray(model_solved, np.float64)
             else:
                 right = left
-            gain, stderr = u_statistic(left, right)
-            evidence.append(_block(name, left.shape[1], gain, stderr, tolerance[name]))
+            gain, stderr = u_statistic(left, right, several and name == table_name)
+            size = sizes.get(name, left.shape[1])
+            evidence.append(_block(name, size, gain, stderr, tolerance[name]))
         refused = any(
             not np.isfinite(b.gain) or b.gain - 2 * b.stderr > b.tolerance for b in evidence
         )

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 
 from avi.data.prepare import Prepared
+from avi.data.shard import process_rows
 from avi.families import Family
 from avi.model import ModelLayout
 from avi.model.params import initial_model_params
@@ -46,9 +47,12 @@ class Problem(eqx.Module):
 
 
 def problem_for(prepared: Prepared, family: Family) -> Problem:
-    """The problem of prepared data under a family (its per-datum inputs from the features)."""
+    """The problem of prepared data under a family (its per-datum inputs from the features;
+    split over the processes when the features are one process's rows)."""
     traced = prepared.traced
     local_data = family.prepare(prepared.features)
+    if prepared.rows != slice(None):  # this process's rows of data split over processes
+        local_data = process_rows(local_data, traced.layout.num_data, prepared.mesh)
     model_init = initial_model_params(traced.layout.params, traced.trace)
     return Problem(
         traced.model, traced.layout, family, prepared.args, prepared.kwargs, local_data, model_init
