@@ -128,6 +128,21 @@ def test_the_u_statistic_is_the_mean_off_diagonal_cross_product_with_its_jackkni
     np.testing.assert_allclose(same[0], (left.sum(0) @ left.sum(0) - (left**2).sum()) / 2 / 72)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_the_u_statistic_in_column_chunks_is_the_whole_one(monkeypatch, chunk):
+    """Rows kept as float32 and summed a few columns at a time (the certificate's per-datum
+    blocks) give the statistic of the whole float64 rows."""
+    rng = np.random.default_rng(1)
+    left, right = rng.normal(size=(2, 7, 5)).astype(np.float32)
+    whole = u_statistic(left.astype(np.float64), right.astype(np.float64))
+    monkeypatch.setattr(importlib.import_module("avi.vi.certify"), "COLUMN_CHUNK", chunk)
+    np.testing.assert_allclose(u_statistic(list(left), list(right)), whole, rtol=1e-12)
+    rows = list(left)
+    np.testing.assert_allclose(
+        u_statistic(rows, rows), u_statistic(left.astype(np.float64), left), rtol=1e-12
+    )
+
+
 @pytest.fixture(scope="module")
 def small_encoder_fit(linear_data) -> avi.Fit:
     """An MLP(4) fit of the linear model, 300 steps: its encoder block has gain left."""

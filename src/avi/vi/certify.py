@@ -36,7 +36,7 @@ subset: still unbiased), so minibatch noise does not hide the globals.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -476,25 +476,38 @@ def _flat_shared(grad: VariationalParams, shared_keys: tuple[str, ...]) -> jax.A
     return ravel_pytree(eqx.filter(shared, eqx.is_inexact_array))[0]
 
 
+COLUMN_CHUNK = 2**18
+"""Columns of the groups' rows converted to float64 at a time by :func:`u_statistic`: the rows
+are kept as drawn (float32), so a block of N D_l per-datum numbers costs m N D_l 4 bytes for m
+groups, not a float64 copy of them all."""
+
+
 def u_statistic(
-    left: np.ndarray, right: np.ndarray, several: bool = False
+    left: Sequence[np.ndarray], right: Sequence[np.ndarray], several: bool = False
 ) -> tuple[float, float]:
     """Mean of the off-diagonal entries of the symmetric matrix of cross products
     S = 1/4 (L R^T + R L^T) of the groups' rows, with its jackknife (leave one group out)
-    standard error; in O(m d) for m groups of d numbers (S is never formed).
+    standard error; in O(m d) for m groups of d numbers (S is never formed), summed in
+    float64 over :data:`COLUMN_CHUNK` columns at a time.
 
     With ``several`` processes each holding its own columns of L and R
     (:func:`avi.data.shard.owned_part`), the inner products are added across them (a
     collective) and every process gets the whole rows' statistic."""
-    m = left.shape[0]
-    sum_left, sum_right = left.sum(axis=0), right.sum(axis=0)
-    products = np.concatenate(
-        [
-            [0.5 * sum_left @ sum_right],
-            0.5 * np.einsum("ij,ij->i", left, right),
-            0.25 * (left @ sum_right + right @ sum_left),
-        ]
-    )
+    m, d = len(left), len(left[0])
+    cross, diagonal, row = 0.0, np.zeros(m), np.zeros(m)
+    for start in range(0, max(d, 1), COLUMN_CHUNK):
+        columns = slice(start, start + COLUMN_CHUNK)
+        chunk_left = np.stack([v[columns] for v in left]).astype(np.float64)
+        chunk_right = (
+            chunk_left
+            if right is left
+            else np.stack([v[columns] for v in right]).astype(np.float64)
+        )
+        sum_left, sum_right = chunk_left.sum(axis=0), chunk_right.sum(axis=0)
+        cross += 0.5 * sum_left @ sum_right
+        diagonal += 0.5 * np.einsum("ij,ij->i", chunk_left, chunk_right)
+        row += 0.25 * (chunk_left @ sum_right + chunk_right @ sum_left)
+    products = np.concatenate([[cross], diagonal, row])
     products = summed_over_processes(products, several)
     cross, diagonal, row = products[0], products[1 : m + 1], products[m + 1 :]
     total = cross - diagonal.sum()
@@ -646,15 +659,9 @@ def certify(
         for name, rows in vectors.items():
             if not rows:
                 continue
-            left = np.stack(rows).astype(np.float64)
-            if name == "encoder":
-                right = np.asarray(solved, np.float64)
-            elif name == "model":
-                right = np.asarray(model_solved, np.float64)
-            else:
-                right = left
-            gain, stderr = u_statistic(left, right, several and name == table_name)
-            size = sizes.get(name, left.shape[1])
+            right = {"encoder": solved, "model": model_solved}.get(name, rows)
+            gain, stderr = u_statistic(rows, right, several and name == table_name)
+            size = sizes.get(name, len(rows[0]))
             evidence.append(_block(name, size, gain, stderr, tolerance[name]))
         refused = any(
             not np.isfinite(b.gain) or b.gain - 2 * b.stderr > b.tolerance for b in evidence
