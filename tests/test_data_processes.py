@@ -24,8 +24,10 @@ NUM_DATA = 1000
 SCRIPT = """
 import json
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import avi
-from avi.paper.experiments import linear
+from avi.paper.experiments import linear, saw
 
 reads = []
 
@@ -55,6 +57,33 @@ for name, data, family, batch in [
         "converged": bool(fit.converged),
         "blocks": {b.name: [b.size, b.gain, b.stderr] for b in fit.certificate.blocks},
     }
+def means(group, num_groups, y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    with numpyro.plate("groups", num_groups):
+        a = numpyro.sample("a", dist.Normal(mu, 0.7))
+    with numpyro.plate("obs", group.shape[0]):
+        numpyro.sample("y", dist.Normal(a[group], 1.0), obs=y)
+
+rng = np.random.default_rng(0)
+group = rng.integers(0, 200, 3000).astype(np.int32)
+y = (rng.normal(size=200)[group] + rng.normal(size=3000)).astype(np.float32)
+window = avi.Amortized(avi.MLP(8), inputs=avi.Window(offsets=(-1, 0)))
+corners = [  # a family that reads neighbours' rows; groups split over the processes
+    ("window", lambda: avi.fit(saw.model, saw.simulate(1000, seed=0), family=window,
+                               num_steps=200, progress=False)),
+    ("grouped", lambda: avi.fit(means, group, 200, y=y, family=avi.Amortized(avi.MLP(8)),
+                                groups="group", num_steps=200, progress=False)),
+]
+for name, fitted in corners if sys.argv[5:] == ["corners"] else []:
+    fit = fitted()
+    loc, scale = fit.local_factors()
+    out[name] = {
+        "global_loc": np.asarray(fit.params.global_loc).tolist(),
+        "global_log_scale": np.asarray(fit.params.global_log_scale).tolist(),
+        "local_loc": np.asarray(loc).ravel().tolist(),
+        "local_scale": np.asarray(scale).ravel().tolist(),
+        "converged": bool(fit.converged),
+    }
 try:
     avi.fit(linear.model, x, family=avi.Factorized(), num_steps=10, progress=False,
             checkpoint=sys.argv[4] + f".{process_id}.ckpt")
@@ -75,8 +104,8 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
     path = tmp_path_factory.mktemp("streamed") / "x.npy"
     np.save(path, linear.simulate(NUM_DATA, seed=0))
     return {
-        "2 processes x 1 device": run_processes(SCRIPT, 2, 1, [str(path)]),
-        "1 process x 2 devices": run_processes(SCRIPT, 1, 2, [str(path)]),
+        "2 processes x 1 device": run_processes(SCRIPT, 2, 1, [str(path), "corners"]),
+        "1 process x 2 devices": run_processes(SCRIPT, 1, 2, [str(path), "corners"]),
         "1 process x 1 device": run_processes(SCRIPT, 1, 1, [str(path)]),
     }
 
@@ -116,6 +145,15 @@ def test_the_certificate_is_the_one_of_one_process(runs, name):
         assert other_size == size
         assert other_gain == pytest.approx(gain, rel=1e-3, abs=1e-6 * size)
         assert other_stderr == pytest.approx(stderr, rel=1e-3, abs=1e-6 * size)
+
+
+@pytest.mark.parametrize("name", ["window", "grouped"])
+def test_window_inputs_and_groups_take_the_steps_of_one_process_with_two_devices(runs, name):
+    """Window inputs read neighbouring rows (every process prepares all rows' inputs); groups
+    are the data axis of a grouped model: both split over processes as over devices."""
+    (many,), (one,) = runs["2 processes x 1 device"][:1], runs["1 process x 2 devices"]
+    assert _difference(many[name], one[name]) < 1e-5
+    assert many[name]["converged"] == one[name]["converged"]
 
 
 def test_full_batch_f_vi_agrees_with_one_device(runs):
