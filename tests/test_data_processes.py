@@ -199,9 +199,8 @@ print(json.dumps({"peak": status("VmHWM") - before}))
 def test_each_of_two_processes_costs_about_half_the_memory_of_one():
     """In-memory data, full-batch F-VI with its certificate: each of two processes converts,
     places and draws over only its rows. Its peak resident memory above its start is about
-    half of one process's (measured at 2^21 rows: see benchmarks/PROCESSES.md for 2^23); the
-    bound 0.75 leaves room for what is not split (the trace on all data, the gathered result,
-    the compiler)."""
+    half of one process's (benchmarks/PROCESSES.md: 71% at 2^23 rows); the bound 0.75 leaves
+    room for what is not split (the trace on all data, the gathered result, the compiler)."""
     rows = str(2**21)
     (one,) = run_processes(MEMORY, 1, 1, [rows])
     two = run_processes(MEMORY, 2, 1, [rows])
