@@ -227,7 +227,7 @@ def _in_memory_report(part: dict) -> list[str]:
         "computes its rows' features, sends its devices its rows of the arguments, starts its "
         "rows' tables and keeps its rows' share of the certificate's gradient draws. What is "
         "not split: the model's trace on all data (before the data are split) and, at the end, "
-        "the result gathered into every process (the tables and the problem).",
+        "the result in every process (the tables gathered, the problem rebuilt whole).",
         "",
         "| processes x rows | peak above start per process (MiB, max) | fit and certificate "
         "(s, max) | certified |" + (" before (MiB) |" if "before" in part else ""),

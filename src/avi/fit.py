@@ -55,7 +55,7 @@ from avi.result import Fit
 from avi.structure import StructureReport, check, minibatch_refusal
 from avi.vi import PlateauRule, fit_keys, run
 from avi.vi.algorithm import default_optimizer, frozen_globals, restrict
-from avi.vi.build import algorithm_for
+from avi.vi.build import algorithm_for, whole_problem
 from avi.vi.certify import Certificate, CurvatureCache, certify
 from avi.vi.problem import Problem, VariationalParams
 from avi.vi.checkpoint import Checkpointer, Progress, digest, read_checkpoint
@@ -351,7 +351,8 @@ def fit(
             # Every process gets the whole result: the same fit everywhere, readable on the host.
             if result.certificate is None and result.reason != "interrupted":
                 result = result._replace(certificate=certifier(result.state.params, 0, False))
-            problem, result = gathered(problem), result._replace(state=gathered(result.state))
+            problem = whole_problem(prepared, family, problem)
+            result = result._replace(state=gathered(result.state))
         return Fit(
             traced=prepared.traced,
             problem=problem,

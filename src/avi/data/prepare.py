@@ -114,7 +114,7 @@ class Prepared:
     rows: slice = dataclasses.field(default_factory=lambda: slice(None))
 
 
-def _device_arguments(args: Sequence[Any], kwargs: Mapping[str, Any], host: Any = ()):
+def device_arguments(args: Sequence[Any], kwargs: Mapping[str, Any], host: Any = ()):
     """Arrays on the default device, except the positions and names in ``host``."""
     as_device = lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a
     return (
@@ -158,7 +158,7 @@ def prepare_in_memory(
         host = (*layout.per_datum_args, *layout.per_datum_kwargs)
     raw_features = per_datum_features(traced, args, kwargs, rows)
     scaling = FeatureScaling.from_features(raw_features, mesh if host else None)
-    device_args, device_kwargs = _device_arguments(args, kwargs, host)
+    device_args, device_kwargs = device_arguments(args, kwargs, host)
     features = scaling.apply(raw_features)
     return Prepared(
         traced, device_args, device_kwargs, features, scaling, step_batch_size, None, mesh, rows
@@ -191,7 +191,7 @@ def prepare_streamed(
     )
     source = BatchSource(layout, args, kwargs, step_batch_size, chunk_size, seed, mesh)
     scaling = FeatureScaling(source.mean, source.std)
-    device_args, device_kwargs = _device_arguments(args_prefix, kwargs_prefix)
+    device_args, device_kwargs = device_arguments(args_prefix, kwargs_prefix)
     features = scaling.apply(prefix_features)
     return Prepared(
         traced, device_args, device_kwargs, features, scaling, step_batch_size, source, mesh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,15 +13,16 @@ import optax
 
 from avi.data.boundary import convert_arguments
 from avi.data.groups import group_data
-from avi.data.prepare import Prepared, prepare_in_memory
-from avi.data.shard import num_strata, shard_rows
+from avi.data.prepare import Prepared, device_arguments, prepare_in_memory
+from avi.data.rows import per_datum_features
+from avi.data.shard import gathered, num_strata, shard_rows
 from avi.errors import AviError
 from avi.families import Family, as_family
 from avi.families.window import check_reach
 from avi.model import Model
 from avi.options import check_bool, check_devices, check_seed
 from avi.vi.algorithm import DEFAULT_LEARNING_RATE, Algorithm, Settings, default_optimizer
-from avi.vi.problem import problem_for
+from avi.vi.problem import Problem, problem_for
 
 
 def algorithm_for(
@@ -73,6 +75,24 @@ def algorithm_for(
         ),
         learning_rate=rate,
     )
+
+
+def whole_problem(prepared: Prepared, family: Family, problem: Problem) -> Problem:
+    """``problem`` on all data in this process: for data in memory, rebuilt from this
+    process's own arguments (every process has them; nothing crosses processes), for streamed
+    data its prefix as it is. After a fit over several processes every process then holds the
+    problem one process would, without gathering the data over the network."""
+    if prepared.source is not None:
+        return gathered(problem)
+    features = prepared.features
+    if prepared.rows != slice(None):
+        raw = per_datum_features(prepared.traced, prepared.args, prepared.kwargs)
+        features = prepared.scaling.apply(raw)
+    args, kwargs = device_arguments(prepared.args, prepared.kwargs)
+    whole = dataclasses.replace(
+        prepared, args=args, kwargs=kwargs, features=features, rows=slice(None)
+    )
+    return problem_for(whole, family)
 
 
 def build(
