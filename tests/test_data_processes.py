@@ -13,6 +13,9 @@ process traces the model on).
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -176,32 +179,32 @@ def test_a_checkpoint_is_refused_across_processes_by_name(runs):
     assert runs["1 process x 2 devices"][0]["checkpoint"] == "accepted"
 
 
-MEMORY = """
-import json
-import avi
-from avi.paper.experiments import linear
-
-def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-
-x = linear.simulate(int(sys.argv[4]), seed=0)
-avi.fit(linear.model, x[:1024], family=avi.Factorized(), num_steps=5, progress=False)
-before = status("VmRSS")
-fit = avi.fit(linear.model, x, family=avi.Factorized(), num_steps=20, progress=False)
-converged = fit.converged
-print(json.dumps({"peak": status("VmHWM") - before}))
-"""
+def _benchmark_script(name: str) -> str:
+    """A script of ``benchmarks/processes.py`` (the measurement the benchmark reports)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "processes.py"
+    spec = importlib.util.spec_from_file_location("processes_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
 
 
 @pytest.mark.slow
-def test_each_of_two_processes_costs_about_half_the_memory_of_one():
+def test_each_of_two_processes_pays_well_under_one_process_per_datum():
     """In-memory data, full-batch F-VI with its certificate: each of two processes converts,
-    places and draws over only its rows. Its peak resident memory above its start is about
-    half of one process's (benchmarks/PROCESSES.md: 71% at 2^23 rows); the bound 0.75 leaves
-    room for what is not split (the trace on all data, the gathered result, the compiler)."""
-    rows = str(2**21)
-    (one,) = run_processes(MEMORY, 1, 1, [rows])
-    two = run_processes(MEMORY, 2, 1, [rows])
-    assert max(out["peak"] for out in two) < 0.75 * one["peak"]
+    places, starts and draws over only its rows. What one more datum costs each of two
+    processes in peak resident memory (the slope between 2^21 and 2^22 rows, so that fixed
+    costs cancel) is about half of what it costs one process: 0.61 measured, above 0.5 by what
+    is not split (the trace on all data, the result in every process). The bound fails when
+    the fit's per-datum arrays or the certificate's draws of them are whole in every process
+    (a ratio of 1 or more); it does not tell this session's change from the commit before it
+    (0.72 there, where the transient whole copies did not set the peak)."""
+    script = _benchmark_script("IN_MEMORY")
+    peak = lambda outputs: max(out["peak_above_start_mib"] for out in outputs)
+    cost = {
+        (count, rows): peak(run_processes(script, count, 1, [str(rows)]))
+        for count in (1, 2)
+        for rows in (2**21, 2**22)
+    }
+    slope = {count: cost[count, 2**22] - cost[count, 2**21] for count in (1, 2)}
+    assert slope[1] > 0
+    assert slope[2] < 0.8 * slope[1], cost
