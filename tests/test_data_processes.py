@@ -27,9 +27,8 @@ NUM_DATA = 1000
 SCRIPT = """
 import json
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import avi
+from avi.paper.bench.groups import normal_means
 from avi.paper.experiments import linear, saw
 
 reads = []
@@ -60,13 +59,6 @@ for name, data, family, batch in [
         "converged": bool(fit.converged),
         "blocks": {b.name: [b.size, b.gain, b.stderr] for b in fit.certificate.blocks},
     }
-def means(group, num_groups, y=None):
-    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
-    with numpyro.plate("groups", num_groups):
-        a = numpyro.sample("a", dist.Normal(mu, 0.7))
-    with numpyro.plate("obs", group.shape[0]):
-        numpyro.sample("y", dist.Normal(a[group], 1.0), obs=y)
-
 rng = np.random.default_rng(0)
 group = rng.integers(0, 200, 3000).astype(np.int32)
 y = (rng.normal(size=200)[group] + rng.normal(size=3000)).astype(np.float32)
@@ -74,7 +66,7 @@ window = avi.Amortized(avi.MLP(8), inputs=avi.Window(offsets=(-1, 0)))
 corners = [  # a family that reads neighbours' rows; groups split over the processes
     ("window", lambda: avi.fit(saw.model, saw.simulate(1000, seed=0), family=window,
                                num_steps=200, progress=False)),
-    ("grouped", lambda: avi.fit(means, group, 200, y=y, family=avi.Amortized(avi.MLP(8)),
+    ("grouped", lambda: avi.fit(normal_means, group, 200, y=y, family=avi.Amortized(avi.MLP(8)),
                                 groups="group", num_steps=200, progress=False)),
 ]
 for name, fitted in corners if sys.argv[5:] == ["corners"] else []:
