@@ -163,31 +163,25 @@ def _free_keys(family: Any, local: dict[str, Any]) -> dict[str, str]:
 
 
 def _group_gradient(
-    keys: jax.Array, params: VariationalParams, problem: Problem, stl: bool
+    key: jax.Array, params: VariationalParams, problem: Problem, stl: bool
 ) -> tuple[VariationalParams, jax.Array]:
-    """Mean full-data ELBO gradient over the draws of ``keys``, and the number of draws whose
-    ELBO or gradient was not finite (left out of the mean)."""
+    """Mean full-data ELBO gradient over :data:`DRAWS_PER_GROUP` draws of ``key`` taken
+    together (one pass of the encoder and its Jacobian for all of them), over the draws whose
+    ELBO is finite; and the number of draws left out as not finite (all of them when the
+    gradient itself is not finite: a draw whose ELBO overflows can poison the others' sum)."""
     trainable, static = eqx.partition(params, eqx.is_inexact_array)
 
-    def one(key: jax.Array) -> tuple[jax.Array, Any]:
-        def elbo(t: VariationalParams) -> jax.Array:
-            return jnp.mean(elbo_draws(key, eqx.combine(t, static), problem, None, 1, stl))
+    def mean_elbo(t: VariationalParams) -> tuple[jax.Array, jax.Array]:
+        values = elbo_draws(key, eqx.combine(t, static), problem, None, DRAWS_PER_GROUP, stl)
+        finite = jnp.isfinite(values)
+        mean = jnp.sum(jnp.where(finite, values, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
+        return mean, finite
 
-        return jax.value_and_grad(elbo)(trainable)
-
-    values, grads = jax.lax.map(one, keys)
-    leaves = [values] + jax.tree_util.tree_leaves(grads)
-    finite = jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(g).reshape(keys.shape[0], -1), axis=1) for g in leaves]),
-        axis=0,
-    )
-    count = jnp.maximum(jnp.sum(finite), 1)
-    mean = jax.tree_util.tree_map(
-        lambda g: jnp.sum(jnp.where(finite.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0), 0) / count,
-        grads,
-    )
-    return mean, jnp.sum(~finite)
-
+    (_, finite), grad = jax.value_and_grad(mean_elbo, has_aux=True)(trainable)
+    leaves = jax.tree_util.tree_leaves(grad)
+    usable = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
+    bad = jnp.where(usable, jnp.sum(~finite), DRAWS_PER_GROUP)
+    return jax.tree_util.tree_map(lambda g: jnp.where(usable, g, 0.0), grad), bad
 
 
 def natural_units(grads: dict[str, jax.Array], fisher: dict[str, jax.Array]) -> jax.Array:
@@ -230,12 +224,12 @@ def _round_evidence(
     free_keys: tuple[tuple[str, str], ...],
     shared_keys: tuple[str, ...],
 ) -> GroupEvidence:
-    """For each group of ``keys`` (groups, draws, key), :func:`_group_gradient` in the blocks'
-    units, stacked: a round of the certificate in one program (a certificate runs up to
-    hundreds of groups)."""
+    """For each group's key of ``keys``, :func:`_group_gradient` in the blocks' units,
+    stacked: a round of the certificate in one program (a certificate runs up to hundreds of
+    groups)."""
 
-    def group(group_keys: jax.Array) -> GroupEvidence:
-        grad, bad = _group_gradient(group_keys, params, problem, stl)
+    def group(group_key: jax.Array) -> GroupEvidence:
+        grad, bad = _group_gradient(group_key, params, problem, stl)
         units = _global_units(grad, params) if problem.layout.global_dim else jnp.zeros(0)
         tables = jnp.zeros((0, 0))
         if free_keys:
@@ -396,8 +390,9 @@ def _dense_curvature(
     outputs = sum(
         math.prod(v.shape) for v in jax.eval_shape(lambda: row(flat, rows[0])).values()
     )
-    chunk = max(1, min(rows.size, JACOBIAN_CHUNK // (outputs * flat.size)))
-    count = -(-rows.size // chunk)
+    largest = max(1, min(rows.size, JACOBIAN_CHUNK // (outputs * flat.size)))
+    count = -(-rows.size // largest)
+    chunk = -(-rows.size // count)  # equal chunks: the padding is less than one row per chunk
     padded = jnp.concatenate([rows, jnp.zeros(count * chunk - rows.size, rows.dtype)])
     weight = (jnp.arange(count * chunk) < rows.size).astype(flat.dtype)
 
@@ -595,8 +590,7 @@ def certify(
     sizes: dict[str, int] = {}  # a block's numbers per group, where a process holds a part
     while True:
         key, round_key, subset_key = jax.random.split(key, 3)
-        keys = jax.random.split(round_key, groups_per_round * DRAWS_PER_GROUP)
-        keys = keys.reshape(groups_per_round, DRAWS_PER_GROUP, *keys.shape[1:])
+        keys = jax.random.split(round_key, groups_per_round)
         options = (  # the same program every round (the shared block's rows are dropped
             sticking_the_landing,  # here past max_draws, not left out of the program)
             tuple((name, free_keys[name]) for name in free),

@@ -109,11 +109,11 @@ def _globals_unsettled(certificate: Certificate) -> bool:
     return any(b.name == "globals" and not b.certified for b in certificate.blocks)
 
 
-def _gain_left(certificate: Certificate) -> float:
-    """Total estimated gain of the blocks (inf when a draw was not finite)."""
+def _globals_gain(certificate: Certificate) -> float:
+    """q(theta)'s estimated gain (inf when a draw was not finite)."""
     if certificate.non_finite:
         return float("inf")
-    return sum(b.gain for b in certificate.blocks)
+    return sum(b.gain for b in certificate.blocks if b.name == "globals")
 
 
 def _run_chunk(
@@ -407,12 +407,16 @@ def run(
                         attempts += 1
                         if _globals_unsettled(certificate) and certificate.natural_step is not None:
                             # Adam's stationary jitter on q(theta): take the natural-gradient
-                            # step of the averaged gradient and certify anew; keep it only if
-                            # the certified gain left went down.
+                            # step of the averaged gradient and certify anew; keep it if that
+                            # certifies the fit or q(theta)'s gain went down (not the total: an
+                            # encoder's gain of nats varies between certificates by more than
+                            # q(theta)'s tolerance).
                             params = apply_natural_step(candidate, certificate.natural_step)
                             stepped = certifier(params, attempts, True)
                             attempts += 1
-                            if _gain_left(stepped) < _gain_left(certificate):
+                            if stepped.certified or _globals_gain(stepped) < _globals_gain(
+                                certificate
+                            ):
                                 certificate, candidate = stepped, params
                                 average = None if state.average is None else params
                                 state = state._replace(params=params, average=average)
