@@ -52,7 +52,7 @@ from avi.families.factor import fisher_product
 from avi.families.factor import natural_units as factor_units
 from avi.families.protocol import factors_given, given_globals
 from avi.vi.certify_params import empirical_fisher_solver, score_rows, scores
-from avi.vi.elbo import GLOBAL_FACTOR, elbo_draws
+from avi.vi.elbo import EVALUATION_DRAWS, GLOBAL_FACTOR, elbo_draws, elbo_values
 from avi.vi.problem import Problem, VariationalParams
 
 DRAWS_PER_GROUP = 8
@@ -673,20 +673,19 @@ def certify(
                 # the gradient draws' STL values can stay finite where the ELBO itself is not
                 # (a collapsed scale, an overflowing log density): before certifying, count
                 # the non-finite draws of the ELBO too, up to FINITE_DRAWS draws in all
-                batches = max(1, -(-(FINITE_DRAWS - draws) // ELBO_CHECK_DRAWS))
-            else:  # as every certificate: a few draws of the ELBO itself (one program)
-                batches = 1
+                batches = max(1, -(-(FINITE_DRAWS - draws) // EVALUATION_DRAWS))
+            else:  # as every certificate: a few draws of the ELBO itself (the stop rule's
+                batches = 1  # program)
             for batch in range(batches):
-                elbos = host_arrays(_elbo_check(jax.random.fold_in(key, batch), params, problem))
+                check_key = jax.random.fold_in(key, batch)
+                elbos = host_arrays(
+                    elbo_values(check_key, params, problem, None, EVALUATION_DRAWS, False)
+                )
                 non_finite += int(np.sum(~np.isfinite(elbos)))
-            mean = {k: jnp.asarray(v / (draws // DRAWS_PER_GROUP)) for k, v in totals.items()}
+            mean = {k: v / (draws // DRAWS_PER_GROUP) for k, v in totals.items()}
             step = _natural_step(mean, params) if not non_finite else None
             return Certificate(tuple(evidence), draws, non_finite, step)
 
-
-ELBO_CHECK_DRAWS = 8
-"""Full-data ELBO draws (analytic entropies) per call of the finiteness check; every
-certificate makes at least one call."""
 
 FINITE_DRAWS = 512
 """Full-data draws, the certificate's gradient draws included, that must all be finite before
@@ -695,11 +694,6 @@ of q's mass where the model's density is not defined is missed with probability 
 0.6% for p = 1% (a certificate can decide on 64 gradient draws, which miss it with
 probability 53%)."""
 
-_elbo_check = eqx.filter_jit(
-    lambda key, params, problem: elbo_draws(key, params, problem, None, ELBO_CHECK_DRAWS)
-)
-
-
 TRUST_LOC = 2.0
 """A natural step moves a location by at most this many of its sds."""
 
@@ -707,17 +701,18 @@ TRUST_LOG_SCALE = 0.5
 """A natural step moves a log-scale by at most this much."""
 
 
-def _natural_step(mean: dict[str, jax.Array], params: VariationalParams) -> dict[str, jax.Array]:
+def _natural_step(mean: dict[str, np.ndarray], params: VariationalParams) -> dict[str, np.ndarray]:
     """q(theta)'s m += s^2 g_m, log s += g_{log s} / 2 (Fisher-preconditioned), clipped to the
-    trust region."""
-    scale = jnp.exp(params.global_log_scale)
+    trust region; on the host (a few numbers)."""
+    log_scale = np.asarray(host_arrays(params.global_log_scale))
+    scale = np.exp(log_scale)
     return {
-        "global_loc": jnp.clip(
+        "global_loc": np.clip(
             scale**2 * mean["global_loc"], -TRUST_LOC * scale, TRUST_LOC * scale
-        ),
-        "global_log_scale": jnp.clip(
+        ).astype(log_scale.dtype),
+        "global_log_scale": np.clip(
             mean["global_log_scale"] / 2, -TRUST_LOG_SCALE, TRUST_LOG_SCALE
-        ),
+        ).astype(log_scale.dtype),
     }
 
 

@@ -157,3 +157,11 @@ def elbo_draws(
     return likelihood + weight * (
         log_p - frozen_global.log_prob(theta) - data_scale * log_q_local
     )
+
+
+EVALUATION_DRAWS = 4
+"""Draws of one call of :data:`elbo_values` where avi evaluates the ELBO itself: the stop
+rule's fixed-noise checks and the certificate's finiteness check share the program."""
+
+elbo_values = eqx.filter_jit(elbo_draws)
+""":func:`elbo_draws` compiled (the draw count and the estimator static)."""

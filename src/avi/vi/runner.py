@@ -28,7 +28,8 @@ from avi.errors import DivergenceError
 from avi.vi.algorithm import Algorithm, restrict, step_keys
 from avi.vi.certify import Certificate, apply_natural_step
 from avi.vi.checkpoint import Checkpointer, Progress
-from avi.vi.elbo import elbo_draws
+from avi.data.shard import host_arrays
+from avi.vi.elbo import EVALUATION_DRAWS, elbo_values
 from avi.vi.problem import Problem, VariationalParams
 from avi.vi.state import Info, State
 from avi.vi.stop import PlateauRule
@@ -40,9 +41,6 @@ Certifier = Callable[[VariationalParams, int, bool], Certificate]
 """``certifier(params, attempt, provisional)``: the convergence certificate of ``params`` (its
 draws keyed by the attempt number); a provisional one may stop at its first refused block
 (:func:`avi.vi.certify`), the runner's when the rule fires; the one a fit ends with is not."""
-
-EVALUATION_DRAWS = 4
-"""Draws of the stop rule's fixed-noise ELBO evaluation."""
 
 BACKOFF_FRACTION = 0.1
 """A chunk with more than this fraction of non-finite steps is a divergence: the runner backs
@@ -245,14 +243,13 @@ def evaluation_index(
     return draw_batch(key, num_data, 16 * batch_size, strata).index
 
 
-def _evaluate(
+def evaluate(
     key: jax.Array, params: VariationalParams, problem: Problem, index: jax.Array | None
-) -> jax.Array:
-    return jnp.mean(elbo_draws(key, params, problem, index, EVALUATION_DRAWS, False))
-
-
-evaluate = eqx.filter_jit(_evaluate)
-"""``evaluate(key, params, problem, index)``: the ELBO at fixed noise (same key every check)."""
+) -> float:
+    """The ELBO at fixed noise (the same key every check): the mean of
+    :data:`avi.vi.elbo.EVALUATION_DRAWS` draws."""
+    values = elbo_values(key, params, problem, index, EVALUATION_DRAWS, False)
+    return float(np.mean(host_arrays(values)))
 
 
 def _evaluation_target(

@@ -17,6 +17,7 @@ back one stage (a larger update scale) and lets the rule run again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -69,22 +70,9 @@ class PlateauRule:
         )
 
     def update(self, state: StopState, value: jax.Array | float) -> StopState:
-        """Record one check's fixed-noise ELBO ``value``; a non-finite value changes nothing."""
-        value = jnp.asarray(value, jnp.float32)
-        finite = jnp.isfinite(value)
-        improved = finite & (value > state.best + self.tol * jnp.abs(value))
-        since_best = jnp.where(improved, 0, state.since_best + finite.astype(jnp.int32))
-        plateau = since_best >= self.patience
-        last_stage = state.stage + 1 >= self.stages
-        advance = plateau & ~last_stage
-        stage = state.stage + advance.astype(jnp.int32)
-        return StopState(
-            best=jnp.where(improved, value, state.best),
-            since_best=jnp.where(advance, 0, since_best),
-            stage=stage,
-            scale=jnp.asarray(self.anneal_factor, jnp.float32) ** stage,
-            converged=state.converged | (plateau & last_stage),
-        )
+        """Record one check's fixed-noise ELBO ``value``; a non-finite value changes nothing
+        (one compiled program per rule, not an operation at a time on the host)."""
+        return _update(self, state, jnp.asarray(value, jnp.float32))
 
     def reopen(self, state: StopState) -> StopState:
         """After a refused certificate: back one stage (a larger update scale), patience reset."""
@@ -95,3 +83,21 @@ class PlateauRule:
             scale=jnp.asarray(self.anneal_factor, jnp.float32) ** stage,
             converged=jnp.zeros((), bool),
         )
+
+
+@partial(jax.jit, static_argnums=0)
+def _update(rule: PlateauRule, state: StopState, value: jax.Array) -> StopState:
+    finite = jnp.isfinite(value)
+    improved = finite & (value > state.best + rule.tol * jnp.abs(value))
+    since_best = jnp.where(improved, 0, state.since_best + finite.astype(jnp.int32))
+    plateau = since_best >= rule.patience
+    last_stage = state.stage + 1 >= rule.stages
+    advance = plateau & ~last_stage
+    stage = state.stage + advance.astype(jnp.int32)
+    return StopState(
+        best=jnp.where(improved, value, state.best),
+        since_best=jnp.where(advance, 0, since_best),
+        stage=stage,
+        scale=jnp.asarray(rule.anneal_factor, jnp.float32) ** stage,
+        converged=state.converged | (plateau & last_stage),
+    )
