@@ -165,6 +165,40 @@ def test_dense_and_conjugate_gradient_curvatures_certify_alike(small_encoder_fit
     assert abs(encoder.gain - again.gain) < 0.1 * encoder.gain, (encoder, again)
 
 
+def test_a_provisional_refusal_of_q_theta_skips_the_encoder_curvature(small_encoder_fit, monkeypatch):
+    """The runner's provisional certificate solves for the encoder only once q(theta) is
+    settled: with q(theta)'s mean moved 3 sds it refuses on q(theta) without forming the
+    encoder's curvature (the costliest part of a certificate), while the fit's own final
+    certificate still decides every block."""
+    module = sys.modules["avi.vi.certify"]
+    formed = []
+    original = module.dense_curvature
+    monkeypatch.setattr(
+        module, "dense_curvature", lambda *a: formed.append(1) or original(*a)
+    )
+    params = small_encoder_fit.params
+    moved = params._replace(
+        global_loc=params.global_loc + 3 * jnp.exp(params.global_log_scale)
+    )
+    problem = small_encoder_fit.problem
+    provisional = certify(jax.random.PRNGKey(0), moved, problem, provisional=True)
+    assert [b.name for b in provisional.blocks] == ["globals"]
+    assert not provisional.certified and formed == []
+    final = certify(jax.random.PRNGKey(0), moved, problem, max_draws=64)
+    assert [b.name for b in final.blocks] == ["globals", "encoder"] and len(formed) == 1
+
+
+def test_the_finiteness_check_draws_within_its_memory_bound():
+    """Calls of the stop rule's 4 draws on small data (no program of their own), else a power
+    of two of draws whose local numbers stay within the bound, 4 at least."""
+    module = sys.modules["avi.vi.certify"]
+    assert module._check_draws(10_000) == module.EVALUATION_DRAWS
+    for numbers in (2**16, 10**5, 10**6, 3 * 10**6, 10**8):
+        draws = module._check_draws(numbers)
+        assert draws & (draws - 1) == 0 and 4 <= draws <= 64
+        assert draws * numbers <= module.CHECK_WORK or draws == 4
+
+
 def _grouped_means(group, num_groups, y=None):
     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
     with numpyro.plate("groups", num_groups):
