@@ -230,9 +230,10 @@ def _certified_section(results: dict) -> list[str]:
         _measured(results, "certified"),
         "",
         "`avi.fit(model, x, family=...)` as a user calls it, warm (a first call with the same "
-        "shapes untimed): the whole call, the time in its run loop (the steps and the "
-        "certificates asked there: `fit.history.wall_time`), and the rest (data preparation, "
-        "the structure check of the default family); medians over seeds 0-2 at N = 10^4 and "
+        "shapes untimed): the whole call, the time in its run loop up to its last chunk of "
+        "steps (the steps and the certificates asked before it: `fit.history.wall_time`), and "
+        "the rest (data preparation, the structure check of the default family, and the "
+        "certificate that ended the fit); medians over seeds 0-2 at N = 10^4 and "
         "seed 0 above it. The gap "
         "to the closed-form F-VI optimum and q(theta)'s sd against the optimum's are exact, "
         "computed outside the timed call (see avi/paper/bench/certified.py).",
