@@ -140,24 +140,6 @@ def test_a_signalled_process_resumes_to_the_uninterrupted_fit(tmp_path, sig):
     assert_same_fit(resumed, reference)
 
 
-@pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_is_taken_at_the_next_chunk_end_and_a_second_at_once(presses):
-    """One SIGINT during a run is held until the chunk in hand is done (never lost in a
-    finalizer): the fit ends interrupted with that chunk's steps. A second raises where it
-    lands: the fit keeps the chunk before. Python's own handler is back afterwards."""
-
-    def press_at_200(done, params, problem):
-        if done == 200:
-            for _ in range(presses):
-                os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.warns(avi.ConvergenceWarning, match="interrupted"):
-        fit = avi.fit(linear.model, X, callback=press_at_200, **OPTIONS)
-    assert fit.stop_reason == "interrupted"
-    assert fit.num_steps == (200 if presses == 1 else 100)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
 def test_ctrl_c_in_compare_keeps_the_fits_done():
     families = {"factorized": avi.Factorized(), "constant": avi.Constant()}
     calls = {"count": 0}

@@ -12,8 +12,6 @@ refusal, reports progress and calls the user's callback.
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -216,35 +214,6 @@ def family_label(family: Any) -> str:
     return label
 
 
-class DeferredInterrupt:
-    """Ctrl-C (SIGINT) during a run taken at the next chunk's end, not wherever Python happens
-    to be: an interrupt raised inside a finalizer is printed and lost, and the run would go on
-    (a child process signalled in a test ran past its 120 s). A second Ctrl-C raises at once.
-    Only where Python's own handler is installed, in the main thread (elsewhere signals cannot
-    be handled here, and another handler is the program's choice)."""
-
-    def __init__(self) -> None:
-        self.pending = 0
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.pending += 1
-        if self.pending > 1:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> DeferredInterrupt:
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def _final_line(bar: tqdm, done: int, reason: str, ruled: bool) -> None:
     """End the bar on what happened: its total becomes the steps taken (a fit certified early
     does not end at "10%"), its description says why it stopped."""
@@ -379,7 +348,7 @@ def run(
     stepper = algorithm if state.average is None else averaging(algorithm)
     committed = (state, done, len(steps), attempts, certified_at, certificate)
     try:
-        with DeferredInterrupt() as interrupt, tqdm(
+        with tqdm(
             total=num_steps,
             initial=done,
             disable=not progress,
@@ -387,8 +356,6 @@ def run(
             unit="step",
         ) as bar:
             while done < num_steps:
-                if interrupt.pending:
-                    raise KeyboardInterrupt
                 before = state
                 rows = next_rows
                 running = state._replace(average=None, averaged=0)
