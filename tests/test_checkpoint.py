@@ -90,10 +90,13 @@ def test_a_checkpoint_of_another_fit_is_refused(tmp_path):
 
 CHILD = textwrap.dedent(
     """
-    import sys, warnings
+    import signal, sys, warnings
     import avi
     from avi.paper.experiments import linear
 
+    # Python's own Ctrl-C handler even when the suite runs as a background job (which starts
+    # its processes with SIGINT ignored: the child would never see the signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     warnings.simplefilter("ignore")
     x = linear.simulate(300, seed=0)
     fit = avi.fit(linear.model, x, family="factorized", num_steps=10_000_000, seed=3,
