@@ -23,12 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from avi.data.batch import Batch, StreamedRows, draw_batch
+from avi.data.shard import host_arrays
 from avi.data.stream import BatchSource
 from avi.errors import DivergenceError
 from avi.vi.algorithm import Algorithm, restrict, step_keys
 from avi.vi.certify import Certificate, apply_natural_step
 from avi.vi.checkpoint import Checkpointer, Progress
-from avi.data.shard import host_arrays
 from avi.vi.elbo import EVALUATION_DRAWS, elbo_values
 from avi.vi.problem import Problem, VariationalParams
 from avi.vi.state import Info, State
