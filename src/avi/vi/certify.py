@@ -590,6 +590,7 @@ def certify(
     draws = non_finite = 0
     several = False  # whether the tables' units are split over several processes
     sizes: dict[str, int] = {}  # a block's numbers per group, where a process holds a part
+
     def evidence_of(names: tuple[str, ...]) -> list[BlockEvidence]:
         found = []
         for name in names:
