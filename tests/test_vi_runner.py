@@ -165,3 +165,55 @@ def test_a_natural_step_that_certifies_is_kept_whatever_the_other_blocks_gains(m
     assert asked == [True, True]
     assert fit.converged and fit.stop_reason == "converged"
     assert fit.certificate.blocks[1].gain == 5.3
+
+
+def test_natural_steps_of_q_theta_are_chained_while_they_lower_its_gain(monkeypatch, x):
+    """A natural step clipped to its trust region (or taken from noisy gradients) leaves some
+    of q(theta)'s gain: the runner steps again from the stepped certificate, while the gain
+    goes down, and keeps every step (at N = 10^6 a single step left 0.05 nats, twenty times
+    the tolerance, and the Adam steps after it undid it)."""
+    module = sys.modules["avi.fit"]
+    gains = [1.0, 0.05, 1e-3]
+    seen = []
+
+    def scripted(key, params, problem, **options):
+        seen.append(np.asarray(params.global_loc).copy())
+        gain = gains[min(len(seen), len(gains)) - 1]
+        step = {
+            "global_loc": jnp.full_like(params.global_loc, 0.25),
+            "global_log_scale": jnp.zeros_like(params.global_log_scale),
+        }
+        settled = gain < 2.5e-3
+        globals_ = BlockEvidence("globals", 1, gain, 1e-4, 2.5e-3, settled)
+        return Certificate((globals_,), 64, 0, step)
+
+    monkeypatch.setattr(module, "certify", scripted)
+    fit = avi.fit(linear.model, x, family=avi.Amortized(avi.Polynomial(1)), progress=False)
+    assert len(seen) == 3 and fit.converged
+    np.testing.assert_allclose(seen[1] - seen[0], 0.25, rtol=1e-5)
+    np.testing.assert_allclose(seen[2] - seen[0], 0.5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(fit.params.global_loc), seen[2], rtol=1e-6)
+
+
+def test_a_natural_step_that_raises_q_thetas_gain_is_undone(monkeypatch, x):
+    """A step whose certificate shows more gain left on q(theta) than before is not kept: the
+    fit goes on from where it was, and no further step is chained on it."""
+    module = sys.modules["avi.fit"]
+    seen = []
+
+    def scripted(key, params, problem, **options):
+        seen.append(np.asarray(params.global_loc).copy())
+        gain = {1: 0.05, 2: 0.5}.get(len(seen), 1e-3)
+        step = {
+            "global_loc": jnp.full_like(params.global_loc, 100.0),
+            "global_log_scale": jnp.zeros_like(params.global_log_scale),
+        }
+        globals_ = BlockEvidence("globals", 1, gain, 1e-4, 2.5e-3, gain < 2.5e-3)
+        return Certificate((globals_,), 64, 0, step)
+
+    monkeypatch.setattr(module, "certify", scripted)
+    fit = avi.fit(linear.model, x, family=avi.Amortized(avi.Polynomial(1)), progress=False)
+    assert fit.converged and len(seen) == 3
+    np.testing.assert_allclose(seen[1] - seen[0], 100.0, rtol=1e-5)
+    # the fit went on from seen[0] (Adam's steps move q(theta) far less than the step)
+    assert np.all(np.abs(seen[2] - seen[0]) < 10), (seen[0], seen[2])

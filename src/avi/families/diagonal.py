@@ -23,6 +23,7 @@ INIT_LOG_SCALE = math.log(0.1)
 class Diagonal:
     """Mean-field Gaussian factor: independent coordinates (the paper's family)."""
 
+    symmetric = True
     parameters = ("loc", "log_scale")
 
     def init(self, dim: int) -> dict[str, jax.Array]:

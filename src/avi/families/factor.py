@@ -39,6 +39,10 @@ class Factor(Protocol):
     Attributes:
         parameters: the names of lambda's parts, in the order an encoder outputs them; the
             first is the location-like part (an encoder's main head).
+
+    Optional: ``symmetric = True`` where q(z | lambda) is symmetric about its mean (the
+    Gaussians): the convergence certificate then draws antithetic pairs
+    (:func:`avi.vi.elbo.reflected`); other factors' draws stay independent.
     """
 
     parameters: tuple[str, ...]

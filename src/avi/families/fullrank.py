@@ -58,6 +58,7 @@ def cholesky(tril: jax.Array) -> jax.Array:
 class FullRank:
     """Gaussian factor with a full covariance: any correlation between a datum's coordinates."""
 
+    symmetric = True
     parameters = ("loc", "tril")
 
     def init(self, dim: int) -> dict[str, jax.Array]:

@@ -39,6 +39,7 @@ class LowRank:
     """
 
     rank: int
+    symmetric = True
     parameters = ("loc", "cov_factor", "log_diag")
 
     def __post_init__(self) -> None:

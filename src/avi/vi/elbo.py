@@ -70,6 +70,31 @@ def _per_particle_entropy(q: dist.Distribution, draws: jax.Array) -> jax.Array:
     return jnp.sum(values.reshape(values.shape[0], -1), axis=1)
 
 
+def symmetric(factor: Any) -> bool:
+    """Whether the factor's distribution is symmetric about its mean (a Gaussian: z and
+    2 E[z] - z are equally likely), so that reflected draws are draws of it."""
+    return bool(getattr(factor, "symmetric", False))
+
+
+def paired(problem: Problem, antithetic: bool) -> bool:
+    """Whether draws asked to be ``antithetic`` are drawn in pairs: only where theta and z are
+    both reflected, i.e. the local factor is symmetric and not given the globals (z given
+    each theta is drawn independently, and reflecting theta alone doubles the even part of
+    the noise while cancelling little of the rest: measured at the end of a fit given the
+    globals, q(theta)'s noise variance 0.37 against 0.26)."""
+    return antithetic and symmetric(problem.family.factor) and not given_globals(problem.family)
+
+
+def reflected(draws: jax.Array, centre: jax.Array) -> jax.Array:
+    """The draws (S, ...) followed by their reflections 2 c - draws (2S, ...): antithetic
+    pairs of a distribution symmetric about c. Each half is a sample of it, and the pair's
+    mean cancels every term of the integrand odd in the draw's deviation from c, the linear
+    one first: for a log density quadratic in the draws (a Gaussian model) the pair's
+    location gradient is exact, and near a Gaussian posterior (large N) it keeps only the
+    smaller even terms (antithetic variates; Hammersley and Morton 1956)."""
+    return jnp.concatenate([draws, 2 * centre - draws])
+
+
 def _frozen(lam: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return jax.lax.stop_gradient(dict(lam))
 
@@ -90,6 +115,7 @@ def elbo_draws(
     stop_gradient_entropy_params: bool = False,
     tables_gathered: bool = False,
     kl_weight: jax.Array | None = None,
+    antithetic: bool = False,
 ) -> jax.Array:
     """ELBO estimates, one per particle, on the batch ``index`` (None: all data).
 
@@ -106,6 +132,9 @@ def elbo_draws(
             batch's rows (the lazy minibatch update of :mod:`avi.vi.algorithm`).
         kl_weight: beta of the KL warm-up, E[log p(x | .)] + beta (E[log p(theta, z)] +
             H[q]) (the ELBO at beta = 1); None: the ELBO, computed in one sum.
+        antithetic: draw the particles in pairs, the second of each pair the first reflected
+            through q's centre (:func:`reflected`), where the local factor is symmetric
+            and not given the globals (else independent draws); S must be even.
 
     Returns:
         (S,) unbiased estimates of the full-data ELBO.
@@ -115,13 +144,22 @@ def elbo_draws(
     conditional = given_globals(problem.family)
     global_key, local_key = jax.random.split(key)
     q_global = global_distribution(params)
-    theta = q_global.rsample(global_key, (num_particles,))
+    antithetic = paired(problem, antithetic)
+    draws = num_particles // 2 if antithetic else num_particles
+    theta = q_global.rsample(global_key, (draws,))
+    if antithetic:
+        theta = reflected(theta, params.global_loc)
     rows = None if tables_gathered else index
     lam = factors_given(problem.family, params.local, problem.local_data, rows, theta)
     batch_size = next(iter(lam.values())).shape[1 if conditional else 0]
     data_scale = layout.num_data / batch_size
     q_local = factor.distribution(lam)
-    z = q_local.rsample(local_key, () if conditional else (num_particles,))
+    if conditional:  # z_n given each particle's theta
+        z = q_local.rsample(local_key)
+    elif antithetic:
+        z = reflected(q_local.rsample(local_key, (draws,)), q_local.mean)
+    else:
+        z = q_local.rsample(local_key, (num_particles,))
     if index is None:
         args, kwargs = problem.args, problem.kwargs
     else:

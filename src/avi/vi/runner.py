@@ -12,6 +12,7 @@ refusal, reports progress and calls the user's callback.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -66,6 +67,16 @@ certificates logarithmic in them; the spacing counts steps, not seconds, so a fi
 on every machine."""
 
 
+NATURAL_STEPS = 3
+"""Natural-gradient steps of q(theta) the runner may take after a certificate refuses q(theta),
+each certified anew and kept while it lowers q(theta)'s gain beyond its noise. For a Gaussian
+target one step from precise gradients is CAVI's update of q(theta) given the local factors,
+exact; a step clipped to its trust region (:data:`avi.vi.certify.TRUST_LOC`), or one from
+noisy gradients, leaves some of the gain, which the next step takes. Linear model at
+N = 10^6: Adam's iterates at the smallest rate sat 1-3 nats from q(theta)'s optimum; one step
+left 0.05 nats, twenty times its tolerance, and the steps of Adam that followed undid it."""
+
+
 class History(NamedTuple):
     """Per chunk: step, mean ELBO estimate of the chunk's steps, wall time (s); and the steps
     at which the runner backed off from a divergence (:func:`run`)."""
@@ -107,11 +118,16 @@ def _globals_unsettled(certificate: Certificate) -> bool:
     return any(b.name == "globals" and not b.certified for b in certificate.blocks)
 
 
-def _globals_gain(certificate: Certificate) -> float:
-    """q(theta)'s estimated gain (inf when a draw was not finite)."""
-    if certificate.non_finite:
-        return float("inf")
-    return sum(b.gain for b in certificate.blocks if b.name == "globals")
+def _globals_lowered(stepped: Certificate, before: Certificate) -> bool:
+    """Whether q(theta)'s gain is lower in ``stepped`` than ``before`` by more than twice the
+    difference's standard error (both estimates are noisy: on eight schools, gains of
+    0.71 +- 0.012 and 0.707 +- 0.34 nats; kept on the point estimates, steps from noisy
+    gradients wandered, and the fit ran to max_steps)."""
+    if stepped.non_finite or before.non_finite:
+        return False
+    (new,) = [b for b in stepped.blocks if b.name == "globals"]
+    (old,) = [b for b in before.blocks if b.name == "globals"]
+    return old.gain - new.gain > 2 * math.hypot(old.stderr, new.stderr)
 
 
 def _run_chunk(
@@ -402,21 +418,25 @@ def run(
                         candidate = _candidate(state)
                         certificate, certified_at = certifier(candidate, attempts, True), done
                         attempts += 1
-                        if _globals_unsettled(certificate) and certificate.natural_step is not None:
-                            # Adam's stationary jitter on q(theta): take the natural-gradient
-                            # step of the averaged gradient and certify anew; keep it if that
-                            # certifies the fit or q(theta)'s gain went down (not the total: an
-                            # encoder's gain of nats varies between certificates by more than
-                            # q(theta)'s tolerance).
+                        # Adam's stationary jitter on q(theta): take natural-gradient steps of
+                        # the averaged gradient, each certified anew, while one certifies the
+                        # fit or lowers q(theta)'s gain beyond its noise (not the total: an
+                        # encoder's gain of nats varies between certificates by more than
+                        # q(theta)'s tolerance).
+                        for _ in range(NATURAL_STEPS):
+                            if not (
+                                _globals_unsettled(certificate)
+                                and certificate.natural_step is not None
+                            ):
+                                break
                             params = apply_natural_step(candidate, certificate.natural_step)
                             stepped = certifier(params, attempts, True)
                             attempts += 1
-                            if stepped.certified or _globals_gain(stepped) < _globals_gain(
-                                certificate
-                            ):
-                                certificate, candidate = stepped, params
-                                average = None if state.average is None else params
-                                state = state._replace(params=params, average=average)
+                            if not (stepped.certified or _globals_lowered(stepped, certificate)):
+                                break
+                            certificate, candidate = stepped, params
+                            average = None if state.average is None else params
+                            state = state._replace(params=params, average=average)
                         if certificate.certified:
                             state = state._replace(params=candidate)
                             reason = "converged"
