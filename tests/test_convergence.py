@@ -438,7 +438,7 @@ def test_default_linear_fits_at_scale(num_data, family):
     stopped with q(theta) 8.5 times too wide at 10^6. With q(theta) settled sooner (natural
     steps chained, antithetic draws) the damped encoder gain alone certified the default
     amortized fit 12.8 nats from the optimum; with the lighter damping's refutation it ends
-    3.7 nats away after 10,200 steps (80 s warm in `avi bench`, 2026-12-07)."""
+    3.7 nats away after 10,200 steps (77 s warm in `avi bench`, 2026-12-07)."""
     x = linear.simulate(num_data, seed=0)
     optimum = linear.factorized_optimum(x)
     fit = avi.fit(linear.model, x, family=family, progress=False)
