@@ -868,8 +868,8 @@ def _out_of_reach(evidence: Sequence[BlockEvidence], undecided: set[str]) -> boo
     are such :data:`SOLVED` blocks stops there (the fit goes on, and the gain moves away from
     the tolerance). Linear model at N = 10^6: the encoder's gain 10.1 +- 0.075 against 10.1
     took 448 more draws (14 s) and stayed undecided. q(theta) and the tables keep drawing
-    while undecided: their draws are cheap where N is small, and on eight schools, stopped
-    this way, the fit ran to max_steps."""
+    while undecided (up to ``cheap_work / (N D_l)`` draws): their draws are cheap where N is
+    small."""
     return bool(undecided) and all(
         np.isfinite(b.stderr) and abs(b.gain - b.tolerance) < b.stderr / 2
         for b in evidence
