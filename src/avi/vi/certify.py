@@ -645,7 +645,7 @@ def certify(
         "model": tolerances.params_(layout.param_dim),
     }
     cheap_draws = int(
-        min(8 * max_draws, max(max_draws, cheap_work / (layout.num_data * max(1, layout.local_dim))))
+        min(8 * max_draws, max(max_draws, cheap_work / numbers))
     )
     vectors: dict[str, list[np.ndarray]] = {
         "globals": [], table_name: [], "encoder": [], "model": []
@@ -729,11 +729,11 @@ def certify(
                 else:
                     rows = curvature_rows(problem)
                     for into, relative in ((solved, DAMPING), (flat_solved, FLAT_DAMPING)):
-                        found = gauss_newton_solve(
+                        solution = gauss_newton_solve(
                             params, problem, shared_keys, jnp.asarray(new), rows,
                             jnp.asarray(relative, new.dtype),
                         )
-                        into.extend(np.asarray(found))
+                        into.extend(np.asarray(solution))
             if learned:
                 if model_solve is None:
                     shape = score_rows(layout.num_data, layout.param_dim)
@@ -893,5 +893,6 @@ def _block(
     block = BlockEvidence(
         name, int(size), float(gain), float(stderr), float(tolerance), False, *map(float, flat)
     )
-    certified = bool(np.isfinite(gain) and gain + 2 * stderr <= tolerance) and not block.flat_refused
+    settled = bool(np.isfinite(gain) and gain + 2 * stderr <= tolerance)
+    certified = settled and not block.flat_refused
     return block._replace(certified=certified)
